@@ -1,0 +1,189 @@
+"""Protocols the use cases and the runner call out through."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from orchestrator.domain.execution import ExecutionStatus, WorkflowExecution
+from orchestrator.domain.retry import RetryPolicy
+from orchestrator.domain.workflow import Definition, Workflow, WorkflowStatus
+
+
+class InvocationError(Exception):
+    """A call to agent-service or tool-service that failed.
+
+    `retryable` is True for connection errors, timeouts, 408, 429 and 5xx.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who is calling: sent as metadata, and the idempotency key of every attempt of a node."""
+
+    execution_id: str
+    workflow_id: str
+    node_id: str
+    user_id: str | None
+    idempotency_key: str
+    timeout_s: float | None
+
+
+class AgentInvoker(Protocol):
+    """agent-service: run an agent on an input; returns the agent's answer."""
+
+    async def execute_agent(self, agent_id: str, node_input: Any, ctx: CallContext) -> Any: ...
+
+
+class ToolInvoker(Protocol):
+    """tool-service: run a tool with parameters; returns the tool's `data`."""
+
+    async def execute_tool(
+        self, tool_id: str, parameters: dict[str, Any], ctx: CallContext
+    ) -> Any: ...
+
+
+AttemptHook = Callable[[int], Awaitable[None]]
+FailureHook = Callable[[int, InvocationError, float], Awaitable[None]]
+
+
+class Retrier(Protocol):
+    """Runs a call under a retry policy.
+
+    `on_attempt(n)` runs before attempt n (1-based, starting at `first_attempt`);
+    `on_failure(n, error, delay_s)` after a failed attempt that will be retried after `delay_s`.
+    The last error is raised when attempts run out or the error is not retryable.
+    """
+
+    async def run(
+        self,
+        call: Callable[[], Awaitable[Any]],
+        policy: RetryPolicy,
+        first_attempt: int,
+        on_attempt: AttemptHook,
+        on_failure: FailureHook,
+    ) -> Any: ...
+
+
+class Clock(Protocol):
+    """The time, in UTC."""
+
+    def now(self) -> dt.datetime: ...
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which slice of a list: 1-based page number and page size."""
+
+    page: int
+    limit: int
+
+    @property
+    def offset(self) -> int:
+        """Rows to skip."""
+        return (self.page - 1) * self.limit
+
+
+@dataclass(frozen=True)
+class ExecutionEvent:
+    """One Socket.IO event of an execution, numbered by `seq`."""
+
+    execution_id: str
+    seq: int
+    name: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One stored version of a workflow's definition."""
+
+    version: int
+    definition: Definition
+    created_at: dt.datetime
+
+
+class WorkflowRepository(Protocol):
+    """Workflows and their immutable versions."""
+
+    async def add(self, workflow: Workflow) -> None: ...
+
+    async def get(self, workflow_id: str) -> Workflow | None: ...
+
+    async def list_page(
+        self, page: Page, user_id: str | None, status: WorkflowStatus | None
+    ) -> tuple[list[Workflow], int]: ...
+
+    async def save(self, workflow: Workflow, new_version: bool) -> None: ...
+
+    async def versions(self, workflow_id: str) -> list[VersionRecord]: ...
+
+    async def definition(self, workflow_id: str, version: int) -> Definition | None: ...
+
+
+class ExecutionRepository(Protocol):
+    """Executions, their node states and their events."""
+
+    async def add(self, execution: WorkflowExecution) -> WorkflowExecution:
+        """Store a new execution; with an idempotency key already used, return that one instead."""
+        ...
+
+    async def get(self, execution_id: str) -> WorkflowExecution | None: ...
+
+    async def list_page(
+        self,
+        page: Page,
+        workflow_id: str | None,
+        status: ExecutionStatus | None,
+        user_id: str | None,
+    ) -> tuple[list[WorkflowExecution], int]: ...
+
+    async def events(
+        self, execution_id: str, after_seq: int, limit: int
+    ) -> list[ExecutionEvent]: ...
+
+    async def cancel(self, execution: WorkflowExecution, now: dt.datetime) -> list[ExecutionEvent]:
+        """Record the cancellation decided on `execution`; returns the events it produced."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction over the repositories."""
+
+    workflows: WorkflowRepository
+    executions: ExecutionRepository
+
+    async def __aenter__(self) -> UnitOfWork: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+UnitOfWorkFactory = Callable[[], UnitOfWork]
+
+
+class EventPublisher(Protocol):
+    """Sends committed events to live subscribers."""
+
+    async def publish(self, events: list[ExecutionEvent]) -> None: ...
+
+
+class RunnerSignals(Protocol):
+    """Lets the use cases nudge the runner of this process."""
+
+    def wake(self) -> None:
+        """New work may be waiting: claim now rather than at the next poll."""
+        ...
+
+    def cancelled(self, execution_id: str) -> None:
+        """Abandon this execution's in-flight work at once."""
+        ...

@@ -1,0 +1,194 @@
+"""HTTP clients of agent-service and tool-service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import httpx
+
+from orchestrator.application.ports import CallContext, InvocationError
+
+_RETRYABLE_STATUSES = frozenset({408, 429})
+_MAX_DETAIL_CHARS = 200
+
+
+def build_http_client(max_connections: int = 200, timeout_s: float = 30.0) -> httpx.AsyncClient:
+    """The one pooled client shared by every call to agent-service and tool-service."""
+    return httpx.AsyncClient(
+        # Only two hosts are called, so every pooled connection is worth keeping alive.
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=30.0,
+        ),
+        # A service that is down should fail fast and be retried, not hold a slot for long.
+        timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
+        headers={"Accept": "application/json"},
+    )
+
+
+def _detail(value: Any) -> str:
+    """A one-line, bounded description of an error value a service sent."""
+    if isinstance(value, dict):
+        value = value.get("message") or value.get("error") or value
+    if isinstance(value, list):
+        text = "; ".join(item if isinstance(item, str) else json.dumps(item) for item in value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_DETAIL_CHARS else text[: _MAX_DETAIL_CHARS - 1] + "…"
+
+
+def _body_detail(response: httpx.Response) -> str:
+    """What an error reply says, from its `message`/`error` field or its plain text."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        # An HTML error page (from a proxy, typically) says nothing a user can act on.
+        return "" if text.startswith("<") else _detail(text)
+    if isinstance(body, dict) and (body.get("message") or body.get("error")):
+        return _detail(body)
+    return ""
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: such an answer stays text so it can be stored as JSON.
+    raise ValueError(name)
+
+
+def _parse_output(output: Any) -> Any:
+    """An agent's answer: parsed when it is JSON text, else as it came."""
+    if not isinstance(output, str):
+        return output
+    try:
+        return json.loads(output, parse_constant=_reject_constant)
+    except ValueError:
+        return output
+
+
+class _ServiceClient:
+    """Posts to one service and turns every way the call can fail into an InvocationError."""
+
+    service: ClassVar[str]
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str) -> None:
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+
+    async def _post(
+        self, path: str, body: dict[str, Any], ctx: CallContext, subject: str
+    ) -> dict[str, Any]:
+        """POST `body` and return the JSON object of a 2xx reply."""
+        timeout = self._http.timeout if ctx.timeout_s is None else httpx.Timeout(ctx.timeout_s)
+        try:
+            # httpx bounds each read; the deadline bounds the whole attempt, slow trickles included.
+            async with asyncio.timeout(ctx.timeout_s):
+                response = await self._http.post(
+                    self._base_url + path,
+                    json=body,
+                    headers={"Idempotency-Key": ctx.idempotency_key},
+                    timeout=timeout,
+                )
+        except (httpx.TimeoutException, TimeoutError):
+            raise InvocationError(self._timeout_message(ctx, subject), retryable=True) from None
+        except httpx.TransportError as exc:
+            # The class name is enough to act on; the error text may name internal hosts.
+            raise InvocationError(
+                f"could not reach {self.service} for {subject} ({type(exc).__name__})",
+                retryable=True,
+            ) from None
+        except httpx.RequestError as exc:
+            raise InvocationError(
+                f"{self.service} sent an invalid reply for {subject} ({type(exc).__name__})",
+                retryable=False,
+            ) from None
+
+        status = response.status_code
+        if not response.is_success:
+            detail = _body_detail(response)
+            suffix = f": {detail}" if detail else ""
+            raise InvocationError(
+                f"{self.service} returned {status} for {subject}{suffix}",
+                retryable=status in _RETRYABLE_STATUSES or status >= 500,
+                status_code=status,
+            )
+        try:
+            reply = response.json()
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise InvocationError(
+                f"{self.service} sent an invalid reply for {subject} (not a JSON object)",
+                retryable=False,
+                status_code=status,
+            )
+        return reply
+
+    def _timeout_message(self, ctx: CallContext, subject: str) -> str:
+        seconds = ctx.timeout_s if ctx.timeout_s is not None else self._http.timeout.read
+        if seconds is None:
+            return f"{self.service} timed out for {subject}"
+        return f"{self.service} timed out after {round(seconds * 1000)} ms for {subject}"
+
+
+class AgentClient(_ServiceClient):
+    """agent-service: `POST /agents/{agentId}/execute`."""
+
+    service = "agent-service"
+
+    async def execute_agent(self, agent_id: str, node_input: Any, ctx: CallContext) -> Any:
+        """Run the agent on `node_input` and return its answer, parsed when it is JSON text."""
+        subject = f"agent '{agent_id}'"
+        text = (
+            node_input
+            if isinstance(node_input, str)
+            else json.dumps(node_input, separators=(",", ":"), ensure_ascii=False)
+        )
+        reply = await self._post(
+            f"/agents/{quote(agent_id, safe='')}/execute",
+            {
+                "input": text,
+                "metadata": {
+                    "executionId": ctx.execution_id,
+                    "workflowId": ctx.workflow_id,
+                    "nodeId": ctx.node_id,
+                    "userId": ctx.user_id,
+                },
+            },
+            ctx,
+            subject,
+        )
+        error = reply.get("error")
+        if error:
+            raise InvocationError(f"{subject} failed: {_detail(error)}", retryable=False)
+        if reply.get("status") == "FAILED":
+            raise InvocationError(f"{subject} failed (status FAILED)", retryable=False)
+        return _parse_output(reply.get("output"))
+
+
+class ToolClient(_ServiceClient):
+    """tool-service: `POST /tools/execute`."""
+
+    service = "tool-service"
+
+    async def execute_tool(self, tool_id: str, parameters: dict[str, Any], ctx: CallContext) -> Any:
+        """Run the tool with `parameters` and return its `data`."""
+        subject = f"tool '{tool_id}'"
+        body: dict[str, Any] = {"toolId": tool_id, "parameters": parameters}
+        if ctx.timeout_s is not None:
+            body["timeout"] = round(ctx.timeout_s * 1000)
+        if ctx.user_id is not None:
+            body["userId"] = ctx.user_id
+        reply = await self._post("/tools/execute", body, ctx, subject)
+        # tool-service answers 200 for a failed run too; only an explicit success counts.
+        if reply.get("success") is not True:
+            error = reply.get("error")
+            reason = f": {_detail(error)}" if error else " (no success reported)"
+            raise InvocationError(f"{subject} failed{reason}", retryable=False)
+        return reply.get("data")

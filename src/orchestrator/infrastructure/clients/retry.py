@@ -1,0 +1,71 @@
+"""Retries of agent and tool calls, on tenacity."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from orchestrator.application.ports import AttemptHook, FailureHook, InvocationError
+from orchestrator.domain.retry import RetryPolicy
+
+
+def _is_retryable(error: BaseException) -> bool:
+    return isinstance(error, InvocationError) and error.retryable
+
+
+def _failed_error(state: RetryCallState) -> InvocationError:
+    # Only reached after `_is_retryable` accepted the outcome, so it is an InvocationError.
+    error = state.outcome.exception() if state.outcome is not None else None
+    assert isinstance(error, InvocationError)
+    return error
+
+
+class TenacityRetrier:
+    """Runs a call under a RetryPolicy, retrying only retryable InvocationErrors."""
+
+    def __init__(
+        self,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._sleep = sleep
+        self._rand = rand
+
+    async def run(
+        self,
+        call: Callable[[], Awaitable[Any]],
+        policy: RetryPolicy,
+        first_attempt: int,
+        on_attempt: AttemptHook,
+        on_failure: FailureHook,
+    ) -> Any:
+        """Attempt `call`, numbering from `first_attempt`, until it succeeds or attempts run out."""
+
+        def number(state: RetryCallState) -> int:
+            return first_attempt + state.attempt_number - 1
+
+        async def before(state: RetryCallState) -> None:
+            await on_attempt(number(state))
+
+        async def before_sleep(state: RetryCallState) -> None:
+            await on_failure(number(state), _failed_error(state), state.upcoming_sleep)
+
+        def wait(state: RetryCallState) -> float:
+            return policy.delay_ms(number(state), self._rand()) / 1000
+
+        # A resumed node whose attempts are used up still gets the attempt it was resumed for.
+        remaining = max(1, policy.max_attempts - first_attempt + 1)
+        retrying = AsyncRetrying(
+            sleep=self._sleep,
+            stop=stop_after_attempt(remaining),
+            wait=wait,
+            retry=retry_if_exception(_is_retryable),
+            before=before,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return await retrying(call)

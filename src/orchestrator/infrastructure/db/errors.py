@@ -1,0 +1,15 @@
+"""Which driver errors mean that the database cannot be reached right now."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True for errors that a database restart or a dropped connection causes."""
+    if isinstance(exc, OperationalError | PoolTimeout | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated) or "connection" in str(exc.orig).lower()
+    return isinstance(exc, OSError)

@@ -1,0 +1,361 @@
+"""SQL repositories and the unit of work, on one AsyncConnection per unit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from orchestrator.application.ports import (
+    ExecutionEvent,
+    ExecutionRepository,
+    Page,
+    UnitOfWork,
+    VersionRecord,
+    WorkflowRepository,
+)
+from orchestrator.application.views import execution_update, node_update
+from orchestrator.domain.errors import Conflict
+from orchestrator.domain.execution import (
+    ACTIVE_EXECUTION,
+    ExecutionStatus,
+    NodeStatus,
+    WorkflowExecution,
+)
+from orchestrator.domain.workflow import Definition, Workflow, WorkflowStatus
+from orchestrator.infrastructure.db.mappers import (
+    definition_from_json,
+    definition_to_json,
+    execution_from_rows,
+    execution_row,
+    node_row,
+    workflow_from_row,
+)
+from orchestrator.infrastructure.db.tables import (
+    execution_events,
+    executions,
+    node_executions,
+    workflow_versions,
+    workflows,
+)
+
+ACTIVE = [s.value for s in ACTIVE_EXECUTION]
+
+
+class SqlWorkflowRepository:
+    """Workflows in SQL; each definition version is its own immutable row."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._c = connection
+
+    async def add(self, workflow: Workflow) -> None:
+        await self._c.execute(
+            insert(workflows).values(
+                id=workflow.id,
+                name=workflow.name,
+                description=workflow.description,
+                status=workflow.status.value,
+                version=workflow.version,
+                user_id=workflow.user_id,
+                created_at=workflow.created_at,
+                updated_at=workflow.updated_at,
+            )
+        )
+        await self._add_version(workflow)
+
+    async def _add_version(self, workflow: Workflow) -> None:
+        await self._c.execute(
+            insert(workflow_versions).values(
+                workflow_id=workflow.id,
+                version=workflow.version,
+                definition=definition_to_json(workflow.definition),
+                created_at=workflow.updated_at,
+            )
+        )
+
+    def _select(self) -> Any:
+        return select(workflows, workflow_versions.c.definition).join(
+            workflow_versions,
+            and_(
+                workflow_versions.c.workflow_id == workflows.c.id,
+                workflow_versions.c.version == workflows.c.version,
+            ),
+        )
+
+    async def get(self, workflow_id: str) -> Workflow | None:
+        row = (await self._c.execute(self._select().where(workflows.c.id == workflow_id))).first()
+        return None if row is None else workflow_from_row(row, row.definition)
+
+    async def list_page(
+        self, page: Page, user_id: str | None, status: WorkflowStatus | None
+    ) -> tuple[list[Workflow], int]:
+        conditions = []
+        if user_id is not None:
+            conditions.append(workflows.c.user_id == user_id)
+        if status is not None:
+            conditions.append(workflows.c.status == status.value)
+        query = (
+            self._select()
+            .where(*conditions)
+            .order_by(workflows.c.created_at.desc(), workflows.c.id)
+            .limit(page.limit)
+            .offset(page.offset)
+        )
+        rows = (await self._c.execute(query)).all()
+        total = (
+            await self._c.execute(select(func.count()).select_from(workflows).where(*conditions))
+        ).scalar_one()
+        return [workflow_from_row(r, r.definition) for r in rows], int(total)
+
+    async def save(self, workflow: Workflow, new_version: bool) -> None:
+        await self._c.execute(
+            update(workflows)
+            .where(workflows.c.id == workflow.id)
+            .values(
+                name=workflow.name,
+                description=workflow.description,
+                status=workflow.status.value,
+                version=workflow.version,
+                updated_at=workflow.updated_at,
+            )
+        )
+        if new_version:
+            await self._add_version(workflow)
+
+    async def versions(self, workflow_id: str) -> list[VersionRecord]:
+        rows = await self._c.execute(
+            select(workflow_versions)
+            .where(workflow_versions.c.workflow_id == workflow_id)
+            .order_by(workflow_versions.c.version)
+        )
+        return [
+            VersionRecord(r.version, definition_from_json(r.definition), r.created_at) for r in rows
+        ]
+
+    async def definition(self, workflow_id: str, version: int) -> Definition | None:
+        row = (
+            await self._c.execute(
+                select(workflow_versions.c.definition).where(
+                    workflow_versions.c.workflow_id == workflow_id,
+                    workflow_versions.c.version == version,
+                )
+            )
+        ).first()
+        return None if row is None else definition_from_json(row.definition)
+
+
+class SqlExecutionRepository:
+    """Executions, node executions and events in SQL."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._c = connection
+
+    async def add(self, execution: WorkflowExecution) -> WorkflowExecution:
+        values = execution_row(execution)
+        if execution.idempotency_key is None:
+            await self._c.execute(insert(executions).values(values))
+        else:
+            dialect_insert = (
+                postgresql.insert if self._c.dialect.name == "postgresql" else sqlite.insert
+            )
+            inserted = (
+                await self._c.execute(
+                    dialect_insert(executions)
+                    .values(values)
+                    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+                    .returning(executions.c.id)
+                )
+            ).first()
+            if inserted is None:
+                existing = (
+                    await self._c.execute(
+                        select(executions.c.id).where(
+                            executions.c.idempotency_key == execution.idempotency_key
+                        )
+                    )
+                ).scalar_one()
+                found = await self.get(existing)
+                assert found is not None
+                return found
+        await self._c.execute(
+            insert(node_executions),
+            [node_row(execution.id, i, n) for i, n in enumerate(execution.nodes.values())],
+        )
+        return execution
+
+    async def get(self, execution_id: str) -> WorkflowExecution | None:
+        row = (
+            await self._c.execute(select(executions).where(executions.c.id == execution_id))
+        ).first()
+        if row is None:
+            return None
+        nodes = await self._c.execute(
+            select(node_executions)
+            .where(node_executions.c.execution_id == execution_id)
+            .order_by(node_executions.c.position)
+        )
+        return execution_from_rows(row, nodes.all())
+
+    async def list_page(
+        self,
+        page: Page,
+        workflow_id: str | None,
+        status: ExecutionStatus | None,
+        user_id: str | None,
+    ) -> tuple[list[WorkflowExecution], int]:
+        conditions = []
+        if workflow_id is not None:
+            conditions.append(executions.c.workflow_id == workflow_id)
+        if status is not None:
+            conditions.append(executions.c.status == status.value)
+        if user_id is not None:
+            conditions.append(executions.c.user_id == user_id)
+        rows = (
+            await self._c.execute(
+                select(executions)
+                .where(*conditions)
+                .order_by(executions.c.created_at.desc(), executions.c.id)
+                .limit(page.limit)
+                .offset(page.offset)
+            )
+        ).all()
+        total = (
+            await self._c.execute(select(func.count()).select_from(executions).where(*conditions))
+        ).scalar_one()
+        if not rows:
+            return [], int(total)
+        node_rows = (
+            await self._c.execute(
+                select(node_executions)
+                .where(node_executions.c.execution_id.in_([r.id for r in rows]))
+                .order_by(node_executions.c.execution_id, node_executions.c.position)
+            )
+        ).all()
+        by_execution: dict[str, list[Any]] = {}
+        for node in node_rows:
+            by_execution.setdefault(node.execution_id, []).append(node)
+        return [execution_from_rows(r, by_execution.get(r.id, [])) for r in rows], int(total)
+
+    async def events(self, execution_id: str, after_seq: int, limit: int) -> list[ExecutionEvent]:
+        rows = await self._c.execute(
+            select(execution_events)
+            .where(
+                execution_events.c.execution_id == execution_id, execution_events.c.seq > after_seq
+            )
+            .order_by(execution_events.c.seq)
+            .limit(limit)
+        )
+        return [ExecutionEvent(r.execution_id, r.seq, r.event, r.payload) for r in rows]
+
+    async def cancel(self, execution: WorkflowExecution, now: dt.datetime) -> list[ExecutionEvent]:
+        # The database decides which nodes were still unfinished: the runner may have moved on
+        # since the execution was read.
+        changed = (
+            await self._c.execute(
+                update(node_executions)
+                .where(
+                    node_executions.c.execution_id == execution.id,
+                    node_executions.c.status.in_(
+                        [NodeStatus.PENDING.value, NodeStatus.RUNNING.value]
+                    ),
+                )
+                .values(status=NodeStatus.CANCELLED.value, completed_at=now)
+                .returning(node_executions.c.node_id, node_executions.c.status)
+            )
+        ).all()
+        was_running = {
+            node_id for node_id, node in execution.nodes.items() if node.started_at is not None
+        }
+        announced = [r.node_id for r in changed if r.node_id in was_running]
+        last_seq = (
+            await self._c.execute(
+                update(executions)
+                .where(executions.c.id == execution.id, executions.c.status.in_(ACTIVE))
+                .values(
+                    status=ExecutionStatus.CANCELLED.value,
+                    error=execution.error,
+                    completed_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    last_seq=executions.c.last_seq + len(announced) + 1,
+                )
+                .returning(executions.c.last_seq)
+            )
+        ).scalar_one_or_none()
+        if last_seq is None:
+            raise Conflict(f"Execution {execution.id} finished before it could be cancelled")
+        first = last_seq - len(announced)
+        events = [
+            ExecutionEvent(
+                execution.id,
+                first + i,
+                "node:update",
+                node_update(execution.id, execution.nodes[node_id], first + i, now),
+            )
+            for i, node_id in enumerate(announced)
+        ]
+        execution.last_seq = last_seq
+        events.append(
+            ExecutionEvent(
+                execution.id,
+                last_seq,
+                "execution:update",
+                execution_update(execution, last_seq, now),
+            )
+        )
+        await insert_events(self._c, events, now)
+        return events
+
+
+async def insert_events(
+    connection: AsyncConnection, events: list[ExecutionEvent], now: dt.datetime
+) -> None:
+    """Store events in the caller's transaction (they are published after it commits)."""
+    if events:
+        await connection.execute(
+            insert(execution_events),
+            [
+                {
+                    "execution_id": e.execution_id,
+                    "seq": e.seq,
+                    "event": e.name,
+                    "payload": e.payload,
+                    "created_at": now,
+                }
+                for e in events
+            ],
+        )
+
+
+class SqlUnitOfWork:
+    """One connection, one transaction; rolled back unless committed."""
+
+    workflows: WorkflowRepository
+    executions: ExecutionRepository
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._connection: AsyncConnection | None = None
+
+    async def __aenter__(self) -> UnitOfWork:
+        self._connection = await self._engine.connect()
+        await self._connection.begin()
+        self.workflows = SqlWorkflowRepository(self._connection)
+        self.executions = SqlExecutionRepository(self._connection)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._connection is not None
+        try:
+            await self._connection.rollback()
+        finally:
+            await self._connection.close()
+            self._connection = None
+
+    async def commit(self) -> None:
+        assert self._connection is not None
+        await self._connection.commit()

@@ -1,0 +1,186 @@
+"""ORM rows: the schema. Queries on hot paths use their tables through SQLAlchemy Core."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, cast
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC on the way in and out, also on SQLite (which stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+        return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
+
+
+class Base(DeclarativeBase):
+    """Base of every row, with one naming convention for constraints."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class WorkflowRow(Base):
+    """A workflow; its definitions live in `workflow_versions`."""
+
+    __tablename__ = "workflows"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        Index("ix_workflows_user_created", "user_id", "created_at"),
+        Index("ix_workflows_status_created", "status", "created_at"),
+        Index("ix_workflows_created", "created_at"),
+    )
+
+
+class WorkflowVersionRow(Base):
+    """One immutable version of a workflow's definition."""
+
+    __tablename__ = "workflow_versions"
+
+    workflow_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("workflows.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    definition: Mapped[Any] = mapped_column(Json)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class ExecutionRow(Base):
+    """One execution, with the lease of the runner that drives it."""
+
+    __tablename__ = "executions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(36))
+    workflow_version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    input: Mapped[Any] = mapped_column(Json, nullable=True)
+    output: Mapped[Any] = mapped_column(Json, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    current_node_id: Mapped[str | None] = mapped_column(String(200))
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    retry_of: Mapped[str | None] = mapped_column(String(36))
+    started_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    deadline_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The lease: who drives the execution, until when, and the fencing token of that claim.
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_token: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    recoveries: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["workflow_id", "workflow_version"],
+            ["workflow_versions.workflow_id", "workflow_versions.version"],
+            name="fk_executions_workflow_version",
+        ),
+        Index("ix_executions_workflow_created", "workflow_id", "created_at"),
+        Index("ix_executions_status_created", "status", "created_at"),
+        Index("ix_executions_created", "created_at"),
+        # The runner's claim query scans only unfinished executions.
+        Index(
+            "ix_executions_claimable",
+            "lease_expires_at",
+            postgresql_where="status IN ('PENDING', 'RUNNING')",
+            sqlite_where="status IN ('PENDING', 'RUNNING')",
+        ),
+    )
+
+
+class NodeExecutionRow(Base):
+    """One node's state within one execution."""
+
+    __tablename__ = "node_executions"
+
+    execution_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("executions.id", ondelete="CASCADE"), primary_key=True
+    )
+    node_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    node_type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    input: Mapped[Any] = mapped_column(Json, nullable=True)
+    output: Mapped[Any] = mapped_column(Json, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[Any] = mapped_column(Json, nullable=True)
+    finished_order: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+
+class ExecutionEventRow(Base):
+    """An event sent to Socket.IO subscribers, kept so that a client can catch up."""
+
+    __tablename__ = "execution_events"
+
+    execution_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("executions.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[Any] = mapped_column(Json)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+workflows = cast(Table, WorkflowRow.__table__)
+workflow_versions = cast(Table, WorkflowVersionRow.__table__)
+executions = cast(Table, ExecutionRow.__table__)
+node_executions = cast(Table, NodeExecutionRow.__table__)
+execution_events = cast(Table, ExecutionEventRow.__table__)

@@ -1,0 +1,206 @@
+"""The runner: claims executions with a lease, drives them, heartbeats, recovers, drains."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from orchestrator.application.nodes import NodeRunner
+from orchestrator.application.ports import Clock, EventPublisher
+from orchestrator.domain.engine import CompiledWorkflow
+from orchestrator.domain.workflow import Definition
+from orchestrator.infrastructure.runner.driver import Driver, DriverConfig, Outcome
+from orchestrator.infrastructure.runner.store import Claim, RunnerStore
+
+log = logging.getLogger(__name__)
+
+COMPILED_CACHE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How a runner claims and holds work."""
+
+    max_concurrent: int
+    lease_seconds: float
+    heartbeat_seconds: float
+    poll_interval_s: float
+    max_recoveries: int
+    execution_timeout_ms: int
+
+
+def new_owner_id() -> str:
+    """A lease owner id that names the host and process, unique per start."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Runner:
+    """Claims executions from the database and drives each with a Driver."""
+
+    def __init__(
+        self,
+        store: RunnerStore,
+        nodes: NodeRunner,
+        publisher: EventPublisher,
+        clock: Clock,
+        config: RunnerConfig,
+    ) -> None:
+        self._store = store
+        self._nodes = nodes
+        self._publisher = publisher
+        self._clock = clock
+        self._config = config
+        self._drivers: dict[str, tuple[Claim, Driver, asyncio.Task[None]]] = {}
+        self._compiled: OrderedDict[tuple[str, int], CompiledWorkflow] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def owner(self) -> str:
+        """This runner's lease owner id."""
+        return self._store.owner
+
+    @property
+    def active(self) -> int:
+        """How many executions this runner drives now."""
+        return len(self._drivers)
+
+    def wake(self) -> None:
+        """Claim now rather than at the next poll."""
+        self._wake.set()
+
+    def cancelled(self, execution_id: str) -> None:
+        """Abandon the execution's in-flight work at once (it was cancelled)."""
+        entry = self._drivers.get(execution_id)
+        if entry is not None:
+            entry[2].cancel()
+
+    async def start(self) -> None:
+        """Start claiming and heartbeating."""
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="runner-claim"),
+            asyncio.create_task(self._heartbeat_loop(), name="runner-heartbeat"),
+        ]
+        log.info("runner %s started", self.owner)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; let in-flight nodes finish within `grace_s`; release what remains."""
+        self._stopping = True
+        self._wake.set()
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        for _, driver, _ in self._drivers.values():
+            driver.drain()
+        tasks = [task for _, _, task in self._drivers.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for claim, _, task in list(self._drivers.values()):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            with contextlib.suppress(Exception):
+                await self._store.release(claim)
+        log.info("runner %s stopped", self.owner)
+
+    async def _claim_loop(self) -> None:
+        delay = self._config.poll_interval_s
+        while not self._stopping:
+            free = self._config.max_concurrent - len(self._drivers)
+            claimed: list[Claim] = []
+            if free > 0:
+                try:
+                    claimed = await self._store.claim(free, self._clock.now())
+                    delay = self._config.poll_interval_s
+                except Exception as exc:
+                    log.warning("runner %s: claim failed (%s); retrying", self.owner, exc)
+                    delay = min(delay * 2, 5.0)
+            for claim in claimed:
+                await self._begin(claim)
+            if claimed and len(claimed) == free:
+                continue  # more may be waiting
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    async def _begin(self, claim: Claim) -> None:
+        try:
+            loaded = await self._store.load(claim.execution_id)
+        except Exception as exc:
+            log.warning("execution %s: could not load (%s)", claim.execution_id, exc)
+            with contextlib.suppress(Exception):
+                await self._store.release(claim)
+            return
+        if loaded is None:
+            return
+        execution, definition = loaded
+        driver = Driver(
+            self._store,
+            claim,
+            self._compile(execution.workflow_id, definition),
+            execution,
+            self._nodes,
+            self._publisher,
+            self._clock,
+            DriverConfig(self._config.max_recoveries, self._config.execution_timeout_ms),
+        )
+        task = asyncio.create_task(
+            self._drive(claim, driver), name=f"execution:{claim.execution_id}"
+        )
+        self._drivers[claim.execution_id] = (claim, driver, task)
+
+    def _compile(self, workflow_id: str, definition: Definition) -> CompiledWorkflow:
+        key = (workflow_id, definition.version)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = CompiledWorkflow(definition)
+            self._compiled[key] = compiled
+            if len(self._compiled) > COMPILED_CACHE_SIZE:
+                self._compiled.popitem(last=False)
+        else:
+            self._compiled.move_to_end(key)
+        return compiled
+
+    async def _drive(self, claim: Claim, driver: Driver) -> None:
+        try:
+            outcome = await driver.run()
+            if outcome in (Outcome.DRAINED, Outcome.ABANDONED, Outcome.LOST):
+                # Fenced by the token: a no-op if another runner holds the lease now.
+                with contextlib.suppress(Exception):
+                    await self._store.release(claim)
+        except asyncio.CancelledError:
+            log.info("execution %s: abandoned here (cancelled or lease lost)", claim.execution_id)
+        finally:
+            self._drivers.pop(claim.execution_id, None)
+            if not self._stopping:
+                self._wake.set()
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self._config.heartbeat_seconds)
+            claims = [claim for claim, _, _ in self._drivers.values()]
+            try:
+                gone = await self._store.heartbeat(claims, self._clock.now())
+            except Exception as exc:
+                log.warning("runner %s: heartbeat failed (%s)", self.owner, exc)
+                continue
+            for execution_id in gone:
+                entry = self._drivers.get(execution_id)
+                if entry is not None:
+                    log.warning("execution %s: lease lost or cancelled; stopping", execution_id)
+                    entry[2].cancel()
+
+
+def lease_of(config: RunnerConfig) -> dt.timedelta:
+    """The lease length."""
+    return dt.timedelta(seconds=config.lease_seconds)

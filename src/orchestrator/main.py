@@ -1,0 +1,161 @@
+"""The composition root: FastAPI and Socket.IO as one ASGI app, and the runtime they share."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import socketio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orchestrator.application.executions import ExecutionServices
+from orchestrator.application.nodes import NodeRunner
+from orchestrator.application.ports import EventPublisher, RunnerSignals
+from orchestrator.infrastructure.clients.http import AgentClient, ToolClient, build_http_client
+from orchestrator.infrastructure.clients.retry import TenacityRetrier
+from orchestrator.infrastructure.clock import SystemClock
+from orchestrator.infrastructure.db.engine import create_engine, migrate
+from orchestrator.infrastructure.db.repositories import SqlUnitOfWork
+from orchestrator.infrastructure.realtime.publisher import SocketIOPublisher, build_server
+from orchestrator.infrastructure.runner.runner import Runner, RunnerConfig, lease_of, new_owner_id
+from orchestrator.infrastructure.runner.store import RunnerStore
+from orchestrator.presentation.api import errors
+from orchestrator.presentation.api.deps import AppContext
+from orchestrator.presentation.api.middleware import BodyLimit
+from orchestrator.presentation.api.routers import executions, health, workflows
+from orchestrator.presentation.gateway import Gateway
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class NoRunner:
+    """Signals for a process that runs no executions itself (another process's runner will)."""
+
+    def wake(self) -> None:
+        """Nothing to wake here."""
+
+    def cancelled(self, execution_id: str) -> None:
+        """Nothing in flight here."""
+
+
+@dataclass
+class Runtime:
+    """What the API and the runner share in one process."""
+
+    settings: Settings
+    engine: AsyncEngine
+    http: httpx.AsyncClient
+    runner: Runner | None
+    services: ExecutionServices
+
+    @classmethod
+    async def start(
+        cls, settings: Settings, publisher: EventPublisher, with_runner: bool
+    ) -> Runtime:
+        """Connect, migrate if asked, and start the runner if asked."""
+        engine = create_engine(settings.database_url, settings.db_pool_size)
+        if settings.auto_migrate:
+            await migrate(engine)
+        http = build_http_client(settings.http_max_connections)
+        clock = SystemClock()
+        runner: Runner | None = None
+        if with_runner:
+            config = RunnerConfig(
+                max_concurrent=settings.max_concurrent_executions,
+                lease_seconds=settings.lease_seconds,
+                heartbeat_seconds=settings.heartbeat_seconds,
+                poll_interval_s=settings.poll_interval_ms / 1000,
+                max_recoveries=settings.max_recoveries,
+                execution_timeout_ms=settings.execution_timeout,
+            )
+            nodes = NodeRunner(
+                AgentClient(http, settings.agent_service_url),
+                ToolClient(http, settings.tool_service_url),
+                TenacityRetrier(),
+                settings.max_retry_attempts,
+            )
+            store = RunnerStore(engine, new_owner_id(), lease_of(config))
+            runner = Runner(store, nodes, publisher, clock, config)
+            await runner.start()
+        signals: RunnerSignals = runner if runner is not None else NoRunner()
+        services = ExecutionServices(
+            uow_factory=lambda: SqlUnitOfWork(engine),
+            clock=clock,
+            publisher=publisher,
+            signals=signals,
+            execution_timeout_s=settings.execution_timeout_s,
+        )
+        return cls(settings, engine, http, runner, services)
+
+    async def stop(self) -> None:
+        """Drain the runner, then close connections."""
+        if self.runner is not None:
+            await self.runner.stop(self.settings.shutdown_grace_seconds)
+        await self.http.aclose()
+        await self.engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> Any:
+    """The ASGI app: REST under FastAPI, Socket.IO at /socket.io (namespace /workflows)."""
+    settings = settings or Settings()
+    sio = build_server(settings.cors_origin, settings.redis_url)
+    runtime: Runtime | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal runtime
+        runtime = await Runtime.start(settings, SocketIOPublisher(sio), settings.runner_enabled)
+        app.state.context = AppContext(
+            settings=settings,
+            engine=runtime.engine,
+            uow_factory=runtime.services.uow_factory,
+            clock=runtime.services.clock,
+            executions=runtime.services,
+            runner_running=runtime.runner is not None,
+        )
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    api = FastAPI(
+        title="Orchestration service",
+        version="0.1.0",
+        description="Stores AI-agent workflows and runs them durably against agent-service and "
+        "tool-service; live progress over Socket.IO (namespace /workflows).",
+        lifespan=lifespan,
+    )
+    errors.install(api)
+    api.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origin,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        allow_credentials="*" not in settings.cors_origin,
+    )
+    api.include_router(health.router)
+    api.include_router(executions.router)
+    api.include_router(workflows.router)
+
+    def services() -> ExecutionServices:
+        if runtime is None:
+            raise RuntimeError("the service is not started yet")
+        return runtime.services
+
+    Gateway(sio, services, settings.max_subscriptions_per_client)
+    limited = BodyLimit(api, settings.max_body_bytes)
+    return socketio.ASGIApp(sio, other_asgi_app=limited, socketio_path="socket.io")
+
+
+class NoPublisher:
+    """For a worker without Redis: events are stored, not pushed."""
+
+    async def publish(self, events: list[Any]) -> None:
+        """Drop: clients catch up through the events route."""

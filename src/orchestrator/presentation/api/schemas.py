@@ -1,0 +1,303 @@
+"""Wire models: camelCase out, camelCase or snake_case in, unknown fields refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from orchestrator.application.ports import VersionRecord
+from orchestrator.domain.execution import ExecutionStatus, NodeStatus
+from orchestrator.domain.workflow import Definition, Edge, Node, NodeType, Workflow, WorkflowStatus
+
+Id = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class WireModel(BaseModel):
+    """Base of every request and response body."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", serialize_by_alias=True
+    )
+
+
+class Position(WireModel):
+    """Where the editor draws a node."""
+
+    x: float
+    y: float
+
+
+class NodeIn(WireModel):
+    """A node of a definition."""
+
+    id: Id
+    type: NodeType
+    name: str | None = Field(None, max_length=200)
+    config: dict[str, Any] = Field(default_factory=dict)
+    position: Position | None = None
+
+
+class EdgeIn(WireModel):
+    """An edge of a definition."""
+
+    id: Id
+    source: Id
+    target: Id
+    condition: str | None = None
+    source_handle: str | None = Field(None, max_length=50)
+
+
+class DefinitionIn(WireModel):
+    """A definition as sent; `version` is assigned by the service and ignored here."""
+
+    nodes: list[NodeIn]
+    edges: list[EdgeIn] = Field(default_factory=list)
+    version: int | None = None
+
+    def to_domain(self) -> Definition:
+        """The domain definition."""
+        return Definition(
+            nodes=tuple(
+                Node(
+                    id=n.id,
+                    type=n.type,
+                    config=n.config,
+                    name=n.name,
+                    position=n.position.model_dump() if n.position else None,
+                )
+                for n in self.nodes
+            ),
+            edges=tuple(
+                Edge(e.id, e.source, e.target, e.condition, e.source_handle) for e in self.edges
+            ),
+        )
+
+
+class DefinitionOut(WireModel):
+    """A stored definition."""
+
+    nodes: list[NodeIn]
+    edges: list[EdgeIn]
+    version: int
+
+    @classmethod
+    def of(cls, definition: Definition) -> DefinitionOut:
+        """From the domain definition."""
+        return cls(
+            nodes=[
+                NodeIn(
+                    id=n.id,
+                    type=n.type,
+                    name=n.name,
+                    config=n.config,
+                    position=Position(**n.position) if n.position else None,
+                )
+                for n in definition.nodes
+            ],
+            edges=[
+                EdgeIn(
+                    id=e.id,
+                    source=e.source,
+                    target=e.target,
+                    condition=e.condition,
+                    source_handle=e.source_handle,
+                )
+                for e in definition.edges
+            ],
+            version=definition.version,
+        )
+
+
+class WorkflowCreate(WireModel):
+    """Body of POST /workflows."""
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=10_000)
+    definition: DefinitionIn
+    status: WorkflowStatus | None = None
+
+
+class WorkflowPatch(WireModel):
+    """Body of PATCH /workflows/{id}: every field optional."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=10_000)
+    definition: DefinitionIn | None = None
+    status: WorkflowStatus | None = None
+
+
+class ValidateIn(WireModel):
+    """Body of POST /workflows/validate."""
+
+    definition: DefinitionIn
+
+
+class WorkflowOut(WireModel):
+    """A workflow."""
+
+    id: str
+    name: str
+    description: str | None
+    status: WorkflowStatus
+    definition: DefinitionOut
+    user_id: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, workflow: Workflow) -> WorkflowOut:
+        """From the domain workflow."""
+        return cls(
+            id=workflow.id,
+            name=workflow.name,
+            description=workflow.description,
+            status=workflow.status,
+            definition=DefinitionOut.of(workflow.definition),
+            user_id=workflow.user_id,
+            created_at=workflow.created_at,
+            updated_at=workflow.updated_at,
+        )
+
+
+class WorkflowList(WireModel):
+    """A page of workflows."""
+
+    workflows: list[WorkflowOut]
+    total: int
+    page: int
+    limit: int
+
+
+class VersionOut(WireModel):
+    """One stored version."""
+
+    version: int
+    definition: DefinitionOut
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, record: VersionRecord) -> VersionOut:
+        """From the stored record."""
+        return cls(
+            version=record.version,
+            definition=DefinitionOut.of(record.definition),
+            created_at=record.created_at,
+        )
+
+
+class VersionList(WireModel):
+    """Every version of a workflow."""
+
+    workflow_id: str
+    versions: list[VersionOut]
+
+
+class Problem(WireModel):
+    """One validation problem."""
+
+    path: str
+    message: str
+
+
+class ValidationResult(WireModel):
+    """Answer of POST /workflows/validate."""
+
+    valid: bool
+    problems: list[Problem]
+
+
+class ExecuteIn(WireModel):
+    """Body of POST /workflows/execute."""
+
+    workflow_id: Id
+    input: Any = None
+
+
+class AttemptOut(WireModel):
+    """One attempt of a node."""
+
+    attempt: int
+    started_at: dt.datetime
+    completed_at: dt.datetime | None
+    error: str | None
+
+
+class NodeExecutionOut(WireModel):
+    """A node's state in an execution."""
+
+    node_id: str
+    node_type: NodeType
+    status: NodeStatus
+    input: Any
+    output: Any
+    error: str | None
+    retry_count: int
+    attempts: list[AttemptOut]
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+
+
+class ExecutionOut(WireModel):
+    """An execution."""
+
+    id: str
+    workflow_id: str
+    workflow_version: int
+    status: ExecutionStatus
+    input: Any
+    output: Any
+    error: str | None
+    current_node_id: str | None
+    node_executions: list[NodeExecutionOut]
+    retry_of: str | None
+    last_seq: int
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    deadline_at: dt.datetime
+    user_id: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ExecutionList(WireModel):
+    """A page of executions."""
+
+    executions: list[ExecutionOut]
+    total: int
+    page: int
+    limit: int
+
+
+class EventOut(WireModel):
+    """A stored Socket.IO event."""
+
+    seq: int
+    event: str
+    data: dict[str, Any]
+
+
+class EventList(WireModel):
+    """Events after `afterSeq`, in order."""
+
+    execution_id: str
+    events: list[EventOut]
+    last_seq: int
+
+
+class Health(WireModel):
+    """Answer of GET /health."""
+
+    status: str
+    service: str
+    timestamp: dt.datetime
+
+
+class Readiness(WireModel):
+    """Answer of GET /health/ready."""
+
+    status: str
+    database: str
+    runner: str

@@ -1,0 +1,111 @@
+"""Settings from the environment and a `.env` file, validated once at start."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./orchestrator.db"
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; names are the environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    port: int = Field(3001, ge=1, le=65535)
+    host: str = "0.0.0.0"
+    database_url: str = DEFAULT_SQLITE_URL
+    agent_service_url: str = "http://localhost:3002/api"
+    tool_service_url: str = "http://localhost:3003"
+    max_retry_attempts: int = Field(3, ge=0, le=49)
+    execution_timeout: int = Field(300_000, gt=0, description="ms")
+    cors_origin: Annotated[list[str], NoDecode] = ["*"]
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    redis_url: str | None = None
+    auto_migrate: bool = True
+    runner_enabled: bool = True
+    max_concurrent_executions: int = Field(200, gt=0)
+    lease_seconds: float = Field(15.0, gt=0)
+    heartbeat_seconds: float = Field(3.0, gt=0)
+    poll_interval_ms: int = Field(500, gt=0)
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+    max_recoveries: int = Field(5, ge=0)
+    db_pool_size: int = Field(20, gt=0)
+    http_max_connections: int = Field(200, gt=0)
+    max_subscriptions_per_client: int = Field(200, gt=0)
+
+    @field_validator("cors_origin", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        return async_database_url(value)
+
+    @field_validator("heartbeat_seconds")
+    @classmethod
+    def _heartbeat_within_lease(cls, value: float, info: object) -> float:
+        lease = getattr(info, "data", {}).get("lease_seconds")
+        if lease is not None and value >= lease:
+            raise ValueError("must be shorter than LEASE_SECONDS")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded default database."""
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def execution_timeout_s(self) -> float:
+        """EXECUTION_TIMEOUT in seconds."""
+        return self.execution_timeout / 1000
+
+
+def async_database_url(url: str) -> str:
+    """Accept the platform's `postgresql://` URLs (even Prisma's `?schema=`); pick the driver."""
+    url = url.strip()
+    if not url:
+        return DEFAULT_SQLITE_URL
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("postgres", "postgresql", "postgresql+asyncpg"):
+        query = []
+        for key, val in parse_qsl(parts.query):
+            if key == "schema":
+                continue  # Prisma's option; asyncpg does not take it
+            query.append(("ssl" if key == "sslmode" else key, val))
+        return urlunsplit(("postgresql+asyncpg", parts.netloc, parts.path, urlencode(query), ""))
+    if scheme in ("sqlite", "sqlite+aiosqlite"):
+        return "sqlite+aiosqlite:" + url.split(":", 1)[1]
+    if scheme == "file":
+        return "sqlite+aiosqlite:///" + parts.path.lstrip("/")
+    raise ValueError(
+        "must be a postgresql:// or sqlite:// URL, e.g. postgresql://user:pass@host:5432/db"
+    )
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One clear line per bad setting."""
+    lines = []
+    for item in error.errors():
+        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        got = item.get("input")
+        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+        lines.append(f"{name}: {item['msg']}{shown}")
+    return lines
