@@ -31,7 +31,8 @@ scorer        output = the JSON text of                       data = the same ob
 slow          sleeps field ``delayMs`` ms (default 500, or    likewise, then as echo
               ``STANDIN_DEFAULT_DELAY_MS``), then as echo
 flaky         HTTP 503 for the first ``failTimes`` calls      likewise
-              (default 2) of each Idempotency-Key, then echo
+              (default 2) of each Idempotency-Key (or of
+              each field ``flakyKey``), then echo
 failing       HTTP 200, status FAILED,                        HTTP 200, success false,
               error "agent failed on purpose"                 error "tool failed on purpose"
 error500      HTTP 500 ``{"message": ...}``                   likewise

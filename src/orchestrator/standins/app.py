@@ -205,6 +205,11 @@ async def _common_effects(
         await asyncio.sleep(_non_negative_int(fields, "delayMs", state.default_delay_ms) / 1000)
     elif behaviour == FLAKY:
         fail_times = _non_negative_int(fields, "failTimes", DEFAULT_FAIL_TIMES)
+        # A `flakyKey` field shares one counter across calls with different keys (e.g. an
+        # execution and its retry), so a failure can "recover" between them.
+        shared = fields.get("flakyKey")
+        if isinstance(shared, str):
+            attempt_key = (attempt_key[0], attempt_key[1], f"flakyKey:{shared}")
         number = state.count_attempt(attempt_key)
         if number <= fail_times:
             return _message(503, f"flaky failure {number} of {fail_times}")
