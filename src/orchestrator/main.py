@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orchestrator.application.executions import ExecutionServices
 from orchestrator.application.nodes import NodeRunner
 from orchestrator.application.ports import EventPublisher, RunnerSignals
+from orchestrator.domain.execution import WorkflowExecution
+from orchestrator.domain.workflow import Definition
 from orchestrator.infrastructure.clients.http import AgentClient, ToolClient, build_http_client
 from orchestrator.infrastructure.clients.retry import TenacityRetrier
 from orchestrator.infrastructure.clock import SystemClock
@@ -38,8 +40,8 @@ log = logging.getLogger(__name__)
 class NoRunner:
     """Signals for a process that runs no executions itself (another process's runner will)."""
 
-    def wake(self) -> None:
-        """Nothing to wake here."""
+    def created(self, execution: WorkflowExecution, definition: Definition) -> None:
+        """Another process's runner claims it at its next poll."""
 
     def cancelled(self, execution_id: str) -> None:
         """Nothing in flight here."""

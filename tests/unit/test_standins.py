@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from orchestrator.standins import __main__ as standins_main
+from orchestrator.standins import cli as standins_main
 from orchestrator.standins.app import create_standin_app
 
 FIXTURE_DELAY_MS = 50

@@ -92,7 +92,7 @@ async def execute_workflow(
     if execution.workflow_id != workflow_id:
         raise Conflict("This Idempotency-Key was already used to execute another workflow")
     if execution.id == candidate.id:
-        services.signals.wake()
+        services.signals.created(execution, workflow.definition)
     return execution
 
 
@@ -175,7 +175,7 @@ async def retry_execution(
                 retry.nodes[node_id] = node
         await uow.executions.add(retry)
         await uow.commit()
-    services.signals.wake()
+    services.signals.created(retry, definition)
     return retry
 
 

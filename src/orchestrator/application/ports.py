@@ -180,8 +180,8 @@ class EventPublisher(Protocol):
 class RunnerSignals(Protocol):
     """Lets the use cases nudge the runner of this process."""
 
-    def wake(self) -> None:
-        """New work may be waiting: claim now rather than at the next poll."""
+    def created(self, execution: WorkflowExecution, definition: Definition) -> None:
+        """A new execution was committed: claim now, and spare loading what is in hand."""
         ...
 
     def cancelled(self, execution_id: str) -> None:

@@ -123,13 +123,14 @@ class CompiledWorkflow:
     def node_input(self, run: Run, execution: WorkflowExecution) -> Any:
         """The input of a node about to run.
 
-        START takes the execution's input; a node reached by one edge takes its source's
-        output; a join takes `{sourceNodeId: output}` of every arriving branch.
+        START takes the execution's input; a node with one incoming edge takes its source's
+        output; a join (several incoming edges) takes `{sourceNodeId: output}` of each branch
+        that arrived, so its input has the same shape whichever branches were taken.
         `config.inputMapping`, when present, builds the input from those parts instead.
         """
         if run.node_id == self.start_id:
             default = execution.input
-        elif len(run.sources) == 1:
+        elif len(self.incoming[run.node_id]) == 1:
             default = execution.nodes[run.sources[0]].output
         else:
             default = {source: execution.nodes[source].output for source in run.sources}

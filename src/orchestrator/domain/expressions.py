@@ -118,9 +118,11 @@ def render_template_string(text: str, context: Mapping[str, Any]) -> Any:
     A string that is exactly one `{{ expr }}` becomes the expression's value (any JSON type);
     otherwise each part is replaced by its value as text.
     """
-    whole = _TEMPLATE.fullmatch(text.strip())
-    if whole:
-        return compile_expression(whole.group(1).strip()).evaluate(context)
+    stripped = text.strip()
+    # fullmatch alone would take "{{ a }}{{ b }}" as one part whose expression is "a }}{{ b".
+    parts = list(_TEMPLATE.finditer(stripped))
+    if len(parts) == 1 and parts[0].span() == (0, len(stripped)):
+        return compile_expression(parts[0].group(1).strip()).evaluate(context)
 
     def substitute(match: re.Match[str]) -> str:
         value = compile_expression(match.group(1).strip()).evaluate(context)

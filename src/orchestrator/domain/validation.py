@@ -38,7 +38,9 @@ def validate_definition(definition: Definition) -> list[Problem]:
 
     ids = {n.id for n in nodes}
     types = {n.id: n.type for n in nodes}
-    good_edges = []
+    # The graph checks need a sound skeleton; config and expression problems do not
+    # disturb them, so those are reported together with the graph's own problems.
+    sound = len(starts) == 1 and not problems
     for i, edge in enumerate(definition.edges):
         path = f"definition.edges[{i}]"
         ok = True
@@ -51,8 +53,10 @@ def validate_definition(definition: Definition) -> list[Problem]:
                 ok = False
         if ok and types[edge.target] == NodeType.START:
             problems.append(Problem(f"{path}.target", "no edge may lead into the START node"))
+            sound = False
         if ok and types[edge.source] == NodeType.END:
             problems.append(Problem(f"{path}.source", "no edge may leave an END node"))
+            sound = False
         if (
             ok
             and types[edge.source] == NodeType.CONDITIONAL
@@ -64,13 +68,12 @@ def validate_definition(definition: Definition) -> list[Problem]:
             )
         if edge.condition is not None:
             problems += _expression(edge.condition, f"{path}.condition")
-        if ok:
-            good_edges.append(edge)
+        sound = sound and ok
 
     for i, node in enumerate(nodes):
         problems += _node_problems(node, f"definition.nodes[{i}]", ids)
 
-    if len(starts) == 1 and not problems:
+    if sound:
         problems += _graph_problems(definition, starts[0].id)
     return problems
 

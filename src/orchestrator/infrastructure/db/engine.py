@@ -38,7 +38,8 @@ def create_engine(url: str, pool_size: int = 20) -> AsyncEngine:
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping (a round trip per checkout): after a disconnect SQLAlchemy invalidates
+        # the whole pool, and callers retry or answer 503.
         pool_recycle=1800,
         connect_args={
             "command_timeout": 30,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -9,6 +10,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 def is_outage(exc: BaseException) -> bool:
     """True for errors that a database restart or a dropped connection causes."""
     if isinstance(exc, OperationalError | PoolTimeout | ConnectionError | TimeoutError):
+        return True
+    # Raised as they are where the runner talks to asyncpg directly.
+    if isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.AdminShutdownError,
+    ):
         return True
     if isinstance(exc, DBAPIError):
         return bool(exc.connection_invalidated) or "connection" in str(exc.orig).lower()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from orchestrator.application.nodes import NodeRunner
 from orchestrator.application.ports import Clock, EventPublisher
 from orchestrator.domain.engine import CompiledWorkflow
+from orchestrator.domain.execution import WorkflowExecution
 from orchestrator.domain.workflow import Definition
 from orchestrator.infrastructure.runner.driver import Driver, DriverConfig, Outcome
 from orchestrator.infrastructure.runner.store import Claim, RunnerStore
@@ -22,6 +23,7 @@ from orchestrator.infrastructure.runner.store import Claim, RunnerStore
 log = logging.getLogger(__name__)
 
 COMPILED_CACHE_SIZE = 512
+FRESH_CACHE_SIZE = 2048
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Runner:
         self._config = config
         self._drivers: dict[str, tuple[Claim, Driver, asyncio.Task[None]]] = {}
         self._compiled: OrderedDict[tuple[str, int], CompiledWorkflow] = OrderedDict()
+        self._fresh: OrderedDict[str, tuple[WorkflowExecution, Definition]] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
@@ -73,8 +76,11 @@ class Runner:
         """How many executions this runner drives now."""
         return len(self._drivers)
 
-    def wake(self) -> None:
-        """Claim now rather than at the next poll."""
+    def created(self, execution: WorkflowExecution, definition: Definition) -> None:
+        """Claim now; if this runner wins the claim, it uses these instead of loading them."""
+        self._fresh[execution.id] = (execution, definition)
+        if len(self._fresh) > FRESH_CACHE_SIZE:
+            self._fresh.popitem(last=False)
         self._wake.set()
 
     def cancelled(self, execution_id: str) -> None:
@@ -116,6 +122,8 @@ class Runner:
     async def _claim_loop(self) -> None:
         delay = self._config.poll_interval_s
         while not self._stopping:
+            # Cleared before the claim, so that a wake-up during the claim is not lost.
+            self._wake.clear()
             free = self._config.max_concurrent - len(self._drivers)
             claimed: list[Claim] = []
             if free > 0:
@@ -129,13 +137,17 @@ class Runner:
                 await self._begin(claim)
             if claimed and len(claimed) == free:
                 continue  # more may be waiting
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
     async def _begin(self, claim: Claim) -> None:
+        fresh = self._fresh.pop(claim.execution_id, None)
         try:
-            loaded = await self._store.load(claim.execution_id)
+            # The first claim of an execution created here: nothing can have changed it but a
+            # cancel, and the fenced commits see that.
+            loaded = (
+                fresh if fresh and claim.token == 1 else await self._store.load(claim.execution_id)
+            )
         except Exception as exc:
             log.warning("execution %s: could not load (%s)", claim.execution_id, exc)
             with contextlib.suppress(Exception):

@@ -38,11 +38,15 @@ STATUS_OF: list[tuple[type[DomainError], int]] = [
 DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly"
 
 
-class BodyTooLarge(Exception):
-    """A request body over the configured limit."""
+class BodyTooLarge(HTTPException):
+    """A request body over the configured limit.
+
+    An HTTPException, because FastAPI turns any other error raised while it reads a body
+    into a 400.
+    """
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"Request body is larger than {limit} bytes")
+        super().__init__(413, f"Request body is larger than {limit} bytes")
         self.limit = limit
 
 
@@ -116,7 +120,7 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
 
 def _too_large(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BodyTooLarge)
-    return error_response(request, 413, str(exc))
+    return error_response(request, 413, exc.detail)
 
 
 def _database(request: Request, exc: Exception) -> JSONResponse:

@@ -53,7 +53,9 @@ class BodyLimit:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
+                    # No `Connection: close`: closing with the body unread resets the socket
+                    # and the client, still sending, never sees the 413. The server discards
+                    # the rest of the body until its keep-alive timeout.
                 ],
             }
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Query, Response, status
 
 from orchestrator.application import executions as use
@@ -20,6 +21,13 @@ from orchestrator.presentation.api.schemas import (
 
 router = APIRouter(prefix="/workflows", tags=["executions"])
 
+
+def _json(content: Any, status_code: int = 200) -> Response:
+    # The views are already wire-shaped: serialize them directly instead of validating them
+    # again against the response model (which stays for the OpenAPI document).
+    return Response(orjson.dumps(content), status_code, media_type="application/json")
+
+
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", max_length=200, description="Same key, same execution"),
@@ -29,12 +37,12 @@ IdempotencyKey = Annotated[
 @router.post("/execute", status_code=status.HTTP_202_ACCEPTED, response_model=ExecutionOut)
 async def execute_workflow(
     body: ExecuteIn, context: ContextDep, user_id: UserIdDep, idempotency_key: IdempotencyKey = None
-) -> dict[str, Any]:
+) -> Response:
     """Start an execution of an ACTIVE workflow; it runs in the background."""
     execution = await use.execute_workflow(
         context.executions, body.workflow_id, body.input, user_id, idempotency_key
     )
-    return execution_view(execution)
+    return _json(execution_view(execution), status.HTTP_202_ACCEPTED)
 
 
 @router.get("/executions", response_model=ExecutionList)
@@ -44,25 +52,25 @@ async def list_executions(
     user_id: UserIdDep,
     workflow_id: Annotated[str | None, Query(alias="workflowId", max_length=200)] = None,
     status_filter: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
-) -> dict[str, Any]:
+) -> Response:
     """A page of executions, newest first."""
     items, total = await use.list_executions(
         context.executions, page, workflow_id, status_filter, user_id
     )
-    return {
-        "executions": [execution_view(e) for e in items],
-        "total": total,
-        "page": page.page,
-        "limit": page.limit,
-    }
+    return _json(
+        {
+            "executions": [execution_view(e) for e in items],
+            "total": total,
+            "page": page.page,
+            "limit": page.limit,
+        }
+    )
 
 
 @router.get("/executions/{execution_id}", response_model=ExecutionOut)
-async def get_execution(
-    execution_id: str, context: ContextDep, user_id: UserIdDep
-) -> dict[str, Any]:
+async def get_execution(execution_id: str, context: ContextDep, user_id: UserIdDep) -> Response:
     """The execution with every node's state."""
-    return execution_view(await use.get_execution(context.executions, execution_id, user_id))
+    return _json(execution_view(await use.get_execution(context.executions, execution_id, user_id)))
 
 
 @router.post("/executions/{execution_id}/cancel", status_code=status.HTTP_204_NO_CONTENT)
@@ -77,11 +85,10 @@ async def cancel_execution(execution_id: str, context: ContextDep, user_id: User
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExecutionOut,
 )
-async def retry_execution(
-    execution_id: str, context: ContextDep, user_id: UserIdDep
-) -> dict[str, Any]:
+async def retry_execution(execution_id: str, context: ContextDep, user_id: UserIdDep) -> Response:
     """Retry a FAILED execution from the failed node, as a new execution (`retryOf` links them)."""
-    return execution_view(await use.retry_execution(context.executions, execution_id, user_id))
+    execution = await use.retry_execution(context.executions, execution_id, user_id)
+    return _json(execution_view(execution), status.HTTP_202_ACCEPTED)
 
 
 @router.get("/executions/{execution_id}/events", response_model=EventList)

@@ -1,0 +1,170 @@
+"""The CEL expression language: compile, evaluate, bounds, JSON results, templates."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from orchestrator.domain.errors import ExpressionError
+from orchestrator.domain.expressions import (
+    MAX_EXPRESSION_LENGTH,
+    compile_expression,
+    render_template_string,
+    template_expressions,
+    to_json,
+)
+
+SCORE_OK = "output.score > 0.5 && output.ok"
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        pytest.param({"score": 1, "ok": True}, True, id="int-score-true"),
+        pytest.param({"score": 0, "ok": True}, False, id="int-score-false"),
+        pytest.param({"score": 0.75, "ok": True}, True, id="double-score-true"),
+        pytest.param({"score": 0.25, "ok": True}, False, id="double-score-false"),
+        pytest.param({"score": 0.9, "ok": False}, False, id="not-ok"),
+    ],
+)
+def test_seed_style_condition_reads_like_javascript(output: dict[str, Any], expected: bool) -> None:
+    assert compile_expression(SCORE_OK).evaluate({"output": output}) is expected
+
+
+def test_arithmetic_and_strings_evaluate_to_plain_values() -> None:
+    assert compile_expression("input.x * 2").evaluate({"input": {"x": 21}}) == 42
+    assert compile_expression('input.name + "!"').evaluate({"input": {"name": "ada"}}) == "ada!"
+    assert compile_expression("[input.a, input.b]").evaluate({"input": {"a": 1, "b": "two"}}) == [
+        1,
+        "two",
+    ]
+
+
+def test_missing_key_is_an_expression_error_naming_the_key() -> None:
+    with pytest.raises(ExpressionError) as caught:
+        compile_expression(SCORE_OK).evaluate({"output": {"ok": True}})
+    assert caught.value.message == f"{SCORE_OK!r}: no such key 'score'"
+
+
+def test_undefined_variable_is_an_expression_error_naming_the_expression() -> None:
+    with pytest.raises(ExpressionError) as caught:
+        compile_expression("missing.field == 1").evaluate({})
+    assert caught.value.message.startswith("'missing.field == 1': ")
+    assert "missing" in caught.value.message.removeprefix("'missing.field == 1': ")
+
+
+def test_type_mismatch_at_evaluation_is_an_expression_error() -> None:
+    with pytest.raises(ExpressionError, match="string"):
+        compile_expression('input.a + "x"').evaluate({"input": {"a": 1}})
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param("output.score >", id="dangling-operator"),
+        pytest.param("1 +* 2", id="double-operator"),
+        pytest.param("(input.x", id="unclosed-paren"),
+    ],
+)
+def test_syntax_error_is_an_expression_error(source: str) -> None:
+    with pytest.raises(ExpressionError) as caught:
+        compile_expression(source)
+    assert "Syntax error" in caught.value.message
+    assert "\n" not in caught.value.message
+
+
+def test_empty_expression_is_refused() -> None:
+    with pytest.raises(ExpressionError, match="expression is empty"):
+        compile_expression("   ")
+
+
+def test_expression_length_is_bounded() -> None:
+    longest = "1" + " + 1" * ((MAX_EXPRESSION_LENGTH - 1) // 4)
+    assert len(longest) <= MAX_EXPRESSION_LENGTH
+    assert compile_expression(longest).evaluate({}) == 1 + (MAX_EXPRESSION_LENGTH - 1) // 4
+    with pytest.raises(ExpressionError, match=f"longer than {MAX_EXPRESSION_LENGTH}"):
+        compile_expression("1" + " " * MAX_EXPRESSION_LENGTH)
+
+
+def test_two_nested_comprehensions_are_allowed() -> None:
+    source = "input.rows.map(r, r.filter(x, x > 1))"
+    rows = {"rows": [[1, 2, 3], [0, 5]]}
+    assert compile_expression(source).evaluate({"input": rows}) == [[2, 3], [5]]
+
+
+def test_side_by_side_comprehensions_are_not_nesting() -> None:
+    source = "input.a.all(x, x > 0) && input.b.exists(y, y == 2) && input.c.map(z, z).size() == 1"
+    assert compile_expression(source).evaluate({"input": {"a": [1], "b": [2], "c": [3]}}) is True
+
+
+def test_three_nested_comprehensions_are_refused() -> None:
+    with pytest.raises(ExpressionError, match="nests comprehensions deeper than 2"):
+        compile_expression("[[[1]]].map(a, a.map(b, b.map(c, c + 1)))")
+
+
+def test_compile_cache_returns_the_same_object() -> None:
+    first = compile_expression("input.cached == 1")
+    assert compile_expression("input.cached == 1") is first
+    assert compile_expression("input.cached == 2") is not first
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        pytest.param(
+            'timestamp("2024-01-02T03:04:05Z")', "2024-01-02T03:04:05+00:00", id="timestamp"
+        ),
+        pytest.param('duration("90s")', 90.0, id="duration"),
+        pytest.param('b"abc"', "YWJj", id="bytes"),
+        pytest.param(
+            '{"when": timestamp("2024-01-02T00:00:00Z"), "n": [duration("1m")]}',
+            {"when": "2024-01-02T00:00:00+00:00", "n": [60.0]},
+            id="nested",
+        ),
+        pytest.param("null", None, id="null"),
+        pytest.param("1.5", 1.5, id="double"),
+    ],
+)
+def test_results_are_converted_to_json(source: str, expected: Any) -> None:
+    assert compile_expression(source).evaluate({}) == expected
+
+
+def test_to_json_converts_python_values() -> None:
+    moment = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
+    value = {1: (moment, dt.timedelta(milliseconds=1500), b"\x00\x01")}
+    assert to_json(value) == {"1": ["2024-05-06T07:08:09+00:00", 1.5, "AAE="]}
+
+
+def test_template_expressions_lists_each_part() -> None:
+    assert template_expressions("a {{ input.x }} b {{input.y + 1}}") == ["input.x", "input.y + 1"]
+    assert template_expressions("no parts") == []
+
+
+CONTEXT = {"input": {"n": 3, "name": "ada", "tags": ["a", "b"], "obj": {"k": 1}, "none": None}}
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        pytest.param("{{ input.n }}", 3, id="whole-int-keeps-type"),
+        pytest.param("  {{ input.tags }}  ", ["a", "b"], id="whole-list-keeps-type"),
+        pytest.param("{{ input.obj }}", {"k": 1}, id="whole-object-keeps-type"),
+        pytest.param("{{ input.n > 2 }}", True, id="whole-bool-keeps-type"),
+        pytest.param("n={{ input.n }}", "n=3", id="embedded-int-becomes-text"),
+        pytest.param("Hi {{ input.name }}!", "Hi ada!", id="embedded-string-unquoted"),
+        pytest.param("obj={{ input.obj }}", 'obj={"k":1}', id="embedded-object-as-json"),
+        pytest.param("tags={{ input.tags }}", 'tags=["a","b"]', id="embedded-list-as-json"),
+        pytest.param("v={{ input.none }}", "v=null", id="embedded-null-as-json"),
+        pytest.param("{{ input.n }}{{ input.n }}", "33", id="two-parts-become-text"),
+        pytest.param("plain text", "plain text", id="no-parts"),
+    ],
+)
+def test_render_template_string(template: str, expected: Any) -> None:
+    assert render_template_string(template, CONTEXT) == expected
+
+
+def test_render_template_string_reports_failing_part() -> None:
+    with pytest.raises(ExpressionError, match="no such key 'missing'"):
+        render_template_string("x={{ input.missing }}", CONTEXT)
