@@ -7,6 +7,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that the same write, tried again, may not meet: outages and deadlocks."""
+    return is_outage(exc) or isinstance(
+        exc, asyncpg.DeadlockDetectedError | asyncpg.SerializationError
+    )
+
+
 def is_outage(exc: BaseException) -> bool:
     """True for errors that a database restart or a dropped connection causes."""
     if isinstance(exc, OperationalError | PoolTimeout | ConnectionError | TimeoutError):

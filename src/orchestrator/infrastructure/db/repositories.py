@@ -46,10 +46,15 @@ ACTIVE = [s.value for s in ACTIVE_EXECUTION]
 
 
 class SqlWorkflowRepository:
-    """Workflows in SQL; each definition version is its own immutable row."""
+    """Workflows in SQL; each definition version is its own immutable row.
+
+    `save` refuses (Conflict) to overwrite a workflow that changed since `get` read it.
+    """
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._c = connection
+        # The (version, updated_at) that `get` read, checked again by `save`.
+        self._read: dict[str, tuple[int, dt.datetime]] = {}
 
     async def add(self, workflow: Workflow) -> None:
         await self._c.execute(
@@ -87,7 +92,10 @@ class SqlWorkflowRepository:
 
     async def get(self, workflow_id: str) -> Workflow | None:
         row = (await self._c.execute(self._select().where(workflows.c.id == workflow_id))).first()
-        return None if row is None else workflow_from_row(row, row.definition)
+        if row is None:
+            return None
+        self._read[workflow_id] = (row.version, row.updated_at)
+        return workflow_from_row(row, row.definition)
 
     async def list_page(
         self, page: Page, user_id: str | None, status: WorkflowStatus | None
@@ -111,10 +119,16 @@ class SqlWorkflowRepository:
         return [workflow_from_row(r, r.definition) for r in rows], int(total)
 
     async def save(self, workflow: Workflow, new_version: bool) -> None:
-        await self._c.execute(
-            update(workflows)
-            .where(workflows.c.id == workflow.id)
-            .values(
+        statement = update(workflows).where(workflows.c.id == workflow.id)
+        read = self._read.get(workflow.id)
+        if read is not None:
+            # Two requests that read the same row: the second to write would undo the first
+            # (revive an archived workflow, or clash on the next version number).
+            statement = statement.where(
+                workflows.c.version == read[0], workflows.c.updated_at == read[1]
+            )
+        saved = await self._c.execute(
+            statement.values(
                 name=workflow.name,
                 description=workflow.description,
                 status=workflow.status.value,
@@ -122,6 +136,11 @@ class SqlWorkflowRepository:
                 updated_at=workflow.updated_at,
             )
         )
+        if saved.rowcount != 1:
+            raise Conflict(
+                f"Workflow {workflow.id} was changed by another request; reload it and retry"
+            )
+        self._read[workflow.id] = (workflow.version, workflow.updated_at)
         if new_version:
             await self._add_version(workflow)
 

@@ -27,7 +27,7 @@ from orchestrator.domain.execution import (
     NodeStatus,
     WorkflowExecution,
 )
-from orchestrator.infrastructure.db.errors import is_outage
+from orchestrator.infrastructure.db.errors import is_transient
 from orchestrator.infrastructure.runner.store import Claim, LeaseLost, RunnerStore
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class Driver:
         self._clock = clock
         self._config = config
         self._lock = asyncio.Lock()
+        self._open: _Step | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._launched: set[str] = set()
         self._draining = False
@@ -143,12 +144,11 @@ class Driver:
 
     async def _drive(self) -> None:
         execution = self._execution
-        if execution.status == ExecutionStatus.PENDING:
-            async with self._lock:
-                step = self._step()
-                execution.move(ExecutionStatus.RUNNING, self._clock.now())
-                self._execution_event(step)
-                await self._commit(step)
+        fresh = execution.status == ExecutionStatus.PENDING
+        if fresh:
+            # Left open: the commit of the first node carries it.
+            execution.move(ExecutionStatus.RUNNING, self._clock.now())
+            self._execution_event(self._step())
         for node_id, node in execution.nodes.items():
             if node.status == NodeStatus.RUNNING:
                 # It was in flight when the last runner stopped: run it again under the same
@@ -157,7 +157,8 @@ class Driver:
         async with self._lock:
             step = self._step()
             runs = self._advance(step)
-            await self._commit(step)
+            if not (fresh and runs):
+                await self._commit(step)
             self._start(runs)
         while self._tasks and not execution.finished:
             done, _ = await asyncio.wait(
@@ -167,7 +168,10 @@ class Driver:
                 task.result()
 
     def _step(self) -> _Step:
-        return _Step(previous_seq=self._execution.last_seq)
+        """The step being built: changes wait in it until the next commit."""
+        if self._open is None:
+            self._open = _Step(previous_seq=self._execution.last_seq)
+        return self._open
 
     def _event(self, step: _Step, name: str, payload: Callable[[int], dict[str, Any]]) -> None:
         self._execution.last_seq += 1
@@ -188,6 +192,7 @@ class Driver:
         )
 
     async def _commit(self, step: _Step) -> None:
+        self._open = None
         if not step.events and not step.nodes:
             return
         started = time.monotonic()
@@ -206,7 +211,7 @@ class Driver:
             except LeaseLost:
                 raise
             except Exception as exc:
-                if not is_outage(exc):
+                if not is_transient(exc):
                     raise
                 if time.monotonic() - started > self._config.outage_patience_s:
                     raise DatabaseUnavailable(str(exc)) from exc
@@ -361,6 +366,7 @@ class Driver:
         if loaded is None or loaded[0].finished:
             return
         self._execution = loaded[0]
+        self._open = None
         async with self._lock:
             step = self._step()
             self._fail(step, message, None)

@@ -117,6 +117,7 @@ class Runner:
                 await task
             with contextlib.suppress(Exception):
                 await self._store.release(claim)
+        await self._store.close()
         log.info("runner %s stopped", self.owner)
 
     async def _claim_loop(self) -> None:

@@ -6,7 +6,6 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import and_, bindparam, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,6 +19,7 @@ from orchestrator.infrastructure.db.repositories import (
     insert_events,
 )
 from orchestrator.infrastructure.db.tables import executions, node_executions
+from orchestrator.infrastructure.runner.batch import Step, StepWriter
 
 ACTIVE = [s.value for s in ACTIVE_EXECUTION]
 
@@ -36,34 +36,6 @@ class Claim:
     token: int
     recoveries: int
 
-
-_POSTGRES_STEP = """
-WITH fence AS (
-    UPDATE executions
-    SET status = $4, output = $5::jsonb, error = $6, current_node_id = $7, started_at = $8,
-        completed_at = $9, updated_at = $10, last_seq = $11,
-        lease_owner = CASE WHEN $12 THEN NULL ELSE lease_owner END,
-        lease_expires_at = CASE WHEN $12 THEN NULL ELSE lease_expires_at END
-    WHERE id = $1 AND lease_token = $2 AND status IN ('PENDING', 'RUNNING') AND last_seq = $3
-    RETURNING id
-), nodes AS (
-    UPDATE node_executions AS n
-    SET status = v.status, input = v.input, output = v.output, error = v.error,
-        retry_count = v.retry_count, attempts = v.attempts, finished_order = v.finished_order,
-        started_at = v.started_at, completed_at = v.completed_at
-    FROM fence, jsonb_to_recordset($13::jsonb) AS v(
-        node_id text, status text, input jsonb, output jsonb, error text, retry_count int,
-        attempts jsonb, finished_order int, started_at timestamptz, completed_at timestamptz)
-    WHERE n.execution_id = fence.id AND n.node_id = v.node_id
-    RETURNING 1
-), events AS (
-    INSERT INTO execution_events (execution_id, seq, event, payload, created_at)
-    SELECT fence.id, v.seq, v.event, v.payload, $10
-    FROM fence, jsonb_to_recordset($14::jsonb) AS v(seq bigint, event text, payload jsonb)
-    RETURNING 1
-)
-SELECT count(*) FROM fence
-"""
 
 _node_update = (
     update(node_executions)
@@ -92,7 +64,7 @@ class RunnerStore:
         self._engine = engine
         self.owner = owner
         self._lease = lease
-        self._postgres = engine.dialect.name == "postgresql"
+        self._writer = StepWriter(engine) if engine.dialect.name == "postgresql" else None
 
     async def claim(self, limit: int, now: dt.datetime) -> list[Claim]:
         """Claim up to `limit` unleased or expired executions, oldest first.
@@ -182,54 +154,12 @@ class RunnerStore:
         The step is fenced: the lease token must be this claim's, the execution unfinished,
         and nobody else may have written since `previous_seq`.
         """
-        if self._postgres:
-            await self._commit_postgres(claim, execution, previous_seq, nodes, events, now)
+        if self._writer is not None:
+            step = Step(claim.token, execution, previous_seq, nodes, events)
+            if not await self._writer.write(step):
+                raise LeaseLost(execution.id)
         else:
             await self._commit_portable(claim, execution, previous_seq, nodes, events, now)
-
-    async def _commit_postgres(
-        self,
-        claim: Claim,
-        execution: WorkflowExecution,
-        previous_seq: int,
-        nodes: list[NodeExecution],
-        events: list[ExecutionEvent],
-        now: dt.datetime,
-    ) -> None:
-        # One statement, so one round trip: it is atomic on its own, and the node and event
-        # writes join the fencing UPDATE, so they happen only if the fence holds.
-        node_rows = orjson.dumps([{"node_id": n.node_id, **node_values(n)} for n in nodes])
-        event_rows = orjson.dumps(
-            [{"seq": e.seq, "event": e.name, "payload": e.payload} for e in events]
-        )
-        async with self._engine.connect() as connection:
-            driver = (await connection.get_raw_connection()).driver_connection
-            assert driver is not None
-            try:
-                fenced = await driver.fetchval(
-                    _POSTGRES_STEP,
-                    execution.id,
-                    claim.token,
-                    previous_seq,
-                    execution.status.value,
-                    orjson.dumps(execution.output).decode(),
-                    execution.error,
-                    execution.current_node_id,
-                    execution.started_at,
-                    execution.completed_at,
-                    now,
-                    execution.last_seq,
-                    execution.finished,
-                    node_rows.decode(),
-                    event_rows.decode(),
-                )
-            except BaseException:
-                # The driver connection was used behind SQLAlchemy's back: never pool it again
-                # after an error.
-                await connection.invalidate()
-                raise
-        if fenced != 1:
-            raise LeaseLost(execution.id)
 
     async def _commit_portable(
         self,
@@ -277,3 +207,8 @@ class RunnerStore:
                     ],
                 )
             await insert_events(connection, events, now)
+
+    async def close(self) -> None:
+        """Stop the batch writer."""
+        if self._writer is not None:
+            await self._writer.close()

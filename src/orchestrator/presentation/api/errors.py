@@ -36,6 +36,7 @@ STATUS_OF: list[tuple[type[DomainError], int]] = [
 ]
 
 DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly"
+UNSTORABLE_VALUE = "The request holds a value that cannot be stored (e.g. \\u0000 or NaN)"
 
 
 class BodyTooLarge(HTTPException):
@@ -135,7 +136,16 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, 500, "Internal server error")
 
 
+def _refused_value(exc: Exception) -> bool:
+    # SQLSTATE class 22 is "data exception": PostgreSQL refused a value of the request
+    # itself, such as a \u0000 in a text or JSON string, or NaN in JSON.
+    sqlstate = getattr(exc.orig, "sqlstate", None) if isinstance(exc, DBAPIError) else None
+    return isinstance(sqlstate, str) and sqlstate.startswith("22")
+
+
 def _database_or_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if _refused_value(exc):
+        return error_response(request, 400, UNSTORABLE_VALUE)
     if is_outage(exc):
         return _database(request, exc)
     return _unexpected(request, exc)
