@@ -324,3 +324,17 @@ async def test_execution_timeout_fails_a_long_execution(pg_url: str, standin: st
         done["createdAt"]
     )
     assert elapsed < dt.timedelta(seconds=4)
+
+
+async def test_an_output_the_database_refuses_fails_only_its_execution(
+    api: httpx.AsyncClient,
+) -> None:
+    bad = await create_active(api, chain(node("nul", "TRANSFORM", expression=r"'a\u0000b'")))
+    good = await create_active(api, agents(3))
+    runs = await asyncio.gather(
+        *(execute(api, bad, {}) for _ in range(3)), *(execute(api, good, {}) for _ in range(10))
+    )
+    done = [await wait_until(api, run["id"]) for run in runs]
+    assert [d["status"] for d in done[:3]] == ["FAILED"] * 3
+    assert all("refused a value" in d["error"] for d in done[:3])
+    assert [d["status"] for d in done[3:]] == ["COMPLETED"] * 10

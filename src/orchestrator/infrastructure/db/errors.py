@@ -30,3 +30,13 @@ def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         return bool(exc.connection_invalidated) or "connection" in str(exc.orig).lower()
     return isinstance(exc, OSError)
+
+
+def is_refused_value(exc: BaseException) -> bool:
+    """True when PostgreSQL refused a value itself (SQLSTATE class 22, "data exception").
+
+    Such as a NUL character in a text or JSON string: retrying cannot help.
+    """
+    origin = exc.orig if isinstance(exc, DBAPIError) else exc
+    sqlstate = getattr(origin, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("22")

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.application.ports import ExecutionEvent
 from orchestrator.domain.execution import NodeExecution, WorkflowExecution
+from orchestrator.infrastructure.db.errors import is_transient
 from orchestrator.infrastructure.db.mappers import node_values
 
 MAX_BATCH = 200
@@ -65,6 +66,9 @@ SELECT id FROM fence
 """
 
 
+_Queued = tuple[dict[str, Any], list[Any], list[Any], "asyncio.Future[bool]"]
+
+
 @dataclass
 class Step:
     """One fenced step of one execution."""
@@ -81,7 +85,7 @@ class StepWriter:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._queue: list[tuple[dict[str, Any], list[Any], list[Any], asyncio.Future[bool]]] = []
+        self._queue: list[_Queued] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -123,19 +127,29 @@ class StepWriter:
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 try:
-                    written = await self._write(batch)
+                    await self._settle(batch)
                 except Exception as exc:
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for row, _, _, future in batch:
-                    if not future.done():
-                        future.set_result(row["id"] in written)
+                    if len(batch) == 1 or is_transient(exc):
+                        for *_, future in batch:
+                            if not future.done():
+                                future.set_exception(exc)
+                        continue
+                    # One step holds a value the database refuses (say a NUL in an agent's
+                    # answer): write them one by one, so that only that execution fails.
+                    for item in batch:
+                        try:
+                            await self._settle([item])
+                        except Exception as single:
+                            if not item[3].done():
+                                item[3].set_exception(single)
 
-    async def _write(
-        self, batch: list[tuple[dict[str, Any], list[Any], list[Any], asyncio.Future[bool]]]
-    ) -> set[str]:
+    async def _settle(self, batch: list[_Queued]) -> None:
+        written = await self._write(batch)
+        for row, _, _, future in batch:
+            if not future.done():
+                future.set_result(row["id"] in written)
+
+    async def _write(self, batch: list[_Queued]) -> set[str]:
         rows = orjson.dumps([row for row, *_ in batch]).decode()
         nodes = orjson.dumps([n for _, node_rows, *_ in batch for n in node_rows]).decode()
         events = orjson.dumps([e for *_, event_rows, _ in batch for e in event_rows]).decode()

@@ -27,7 +27,7 @@ from orchestrator.domain.execution import (
     NodeStatus,
     WorkflowExecution,
 )
-from orchestrator.infrastructure.db.errors import is_transient
+from orchestrator.infrastructure.db.errors import is_refused_value, is_transient
 from orchestrator.infrastructure.runner.store import Claim, LeaseLost, RunnerStore
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,20 @@ class Driver:
         except asyncio.CancelledError:
             await self._stop_tasks()
             raise
-        except Exception:
-            log.exception("execution %s: unexpected error", self._execution.id)
+        except Exception as exc:
             await self._stop_tasks()
-            await self._fail_now("Internal error while running the execution; see the service log")
+            if is_refused_value(exc):
+                log.warning(
+                    "execution %s: the database refused a value: %s", self.execution_id, exc
+                )
+                message = (
+                    "The database refused a value of this execution (for example a NUL "
+                    "character in a node's output)"
+                )
+            else:
+                log.exception("execution %s: unexpected error", self.execution_id)
+                message = "Internal error while running the execution; see the service log"
+            await self._fail_now(message)
             return Outcome.FINISHED
 
     async def _drive(self) -> None:

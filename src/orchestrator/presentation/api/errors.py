@@ -22,7 +22,7 @@ from orchestrator.domain.errors import (
     ValidationFailed,
 )
 from orchestrator.domain.workflow import NotExecutable
-from orchestrator.infrastructure.db.errors import is_outage
+from orchestrator.infrastructure.db.errors import is_outage, is_refused_value
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +136,8 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, 500, "Internal server error")
 
 
-def _refused_value(exc: Exception) -> bool:
-    # SQLSTATE class 22 is "data exception": PostgreSQL refused a value of the request
-    # itself, such as a \u0000 in a text or JSON string, or NaN in JSON.
-    sqlstate = getattr(exc.orig, "sqlstate", None) if isinstance(exc, DBAPIError) else None
-    return isinstance(sqlstate, str) and sqlstate.startswith("22")
-
-
 def _database_or_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    if _refused_value(exc):
+    if is_refused_value(exc):
         return error_response(request, 400, UNSTORABLE_VALUE)
     if is_outage(exc):
         return _database(request, exc)
