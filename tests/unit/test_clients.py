@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from httpx_aiohttp import AiohttpTransport
 
 from orchestrator.application.ports import CallContext, InvocationError
 from orchestrator.infrastructure.clients.http import AgentClient, ToolClient, build_http_client
@@ -39,7 +40,8 @@ BARE_CTX = CallContext(
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with build_http_client() as client:
+    # respx intercepts httpx's own transport; the aiohttp one is covered end to end.
+    async with build_http_client(transport=httpx.AsyncHTTPTransport()) as client:
         yield client
 
 
@@ -329,5 +331,6 @@ async def test_undecodable_reply_is_not_retryable(
 async def test_build_http_client_limits_and_timeouts() -> None:
     async with build_http_client(max_connections=10, timeout_s=12.0) as client:
         assert client.timeout == httpx.Timeout(12.0, connect=5.0)
-        pool = client._transport._pool  # type: ignore[attr-defined]
-        assert pool._max_connections == 10
+        transport = client._transport
+        assert isinstance(transport, AiohttpTransport)
+        assert transport.limits.max_connections == 10

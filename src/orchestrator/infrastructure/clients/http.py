@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from orchestrator.application.ports import CallContext, InvocationError
 
@@ -15,15 +16,25 @@ _RETRYABLE_STATUSES = frozenset({408, 429})
 _MAX_DETAIL_CHARS = 200
 
 
-def build_http_client(max_connections: int = 200, timeout_s: float = 30.0) -> httpx.AsyncClient:
-    """The one pooled client shared by every call to agent-service and tool-service."""
+def build_http_client(
+    max_connections: int = 200,
+    timeout_s: float = 30.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """The one pooled client shared by every call to agent-service and tool-service.
+
+    Its transport is aiohttp's: httpcore's pool scans every connection on each request,
+    which cost ten times the CPU per call at 50 calls in flight (measured).
+    """
+    # Only two hosts are called, so every pooled connection is worth keeping alive.
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=30.0,
+    )
     return httpx.AsyncClient(
-        # Only two hosts are called, so every pooled connection is worth keeping alive.
-        limits=httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=30.0,
-        ),
+        transport=transport or AiohttpTransport(limits=limits),
+        limits=limits,
         # A service that is down should fail fast and be retried, not hold a slot for long.
         timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
         headers={"Accept": "application/json"},
