@@ -167,9 +167,10 @@ class Driver:
         async with self._lock:
             step = self._step()
             runs = self._advance(step)
+            started = self._prestart(step, runs)
             if not (fresh and runs):
                 await self._commit(step)
-            self._start(runs)
+            self._start(runs, started)
         while self._tasks and not execution.finished:
             done, _ = await asyncio.wait(
                 set(self._tasks.values()), return_when=asyncio.FIRST_COMPLETED
@@ -254,19 +255,52 @@ class Driver:
             self._execution_event(step)
         return runs
 
-    def _start(self, runs: list[Run]) -> None:
+    def _prestart(self, step: _Step, runs: list[Run]) -> dict[str, Any]:
+        """Record the first attempt of the nodes about to call out in this step.
+
+        Their start then rides with the commit that made them runnable, instead of a commit
+        of its own; the call still begins only after that commit.
+        """
+        started: dict[str, Any] = {}
+        if self._draining or self._execution.finished:
+            return started
+        now = self._clock.now()
+        for run in runs:
+            if not self._nodes.calls_out(self._workflow.nodes[run.node_id].type):
+                continue
+            try:
+                node_input = self._workflow.node_input(run, self._execution)
+            except ExpressionError:
+                continue  # the node's own task reports it
+            state = self._execution.nodes[run.node_id]
+            state.input = node_input
+            state.start_attempt(1, now)
+            self._execution.current_node_id = run.node_id
+            self._node_event(step, state)
+            started[run.node_id] = node_input
+        return started
+
+    def _start(self, runs: list[Run], started: dict[str, Any]) -> None:
         if self._draining or self._execution.finished:
             return
         for run in runs:
-            self._launch(run.node_id, None, run)
+            if run.node_id in started:
+                self._launch(run.node_id, started[run.node_id], recorded=True)
+            else:
+                self._launch(run.node_id, None, run)
 
-    def _launch(self, node_id: str, stored_input: Any, run: Run | None = None) -> None:
+    def _launch(
+        self, node_id: str, stored_input: Any, run: Run | None = None, recorded: bool = False
+    ) -> None:
         self._launched.add(node_id)
         self._tasks[node_id] = asyncio.create_task(
-            self._run_node(node_id, stored_input, run), name=f"{self._execution.id}:{node_id}"
+            self._run_node(node_id, stored_input, run, recorded),
+            name=f"{self._execution.id}:{node_id}",
         )
 
-    async def _run_node(self, node_id: str, stored_input: Any, run: Run | None) -> None:
+    async def _run_node(
+        self, node_id: str, stored_input: Any, run: Run | None, recorded: bool
+    ) -> None:
         workflow = self._workflow
         execution = self._execution
         state = execution.nodes[node_id]
@@ -285,7 +319,11 @@ class Driver:
                 await self._node_done(node_id, node_input, output, None)
                 return
 
+            first = state.retry_count + 1 if state.status == NodeStatus.RUNNING else 1
+
             async def on_attempt(number: int) -> None:
+                if recorded and number == first:
+                    return  # committed with the step that made the node runnable
                 async with self._lock:
                     if execution.finished:
                         raise asyncio.CancelledError
@@ -299,7 +337,6 @@ class Driver:
             async def on_failure(number: int, error: InvocationError, delay_s: float) -> None:
                 state.fail_attempt(error.message, self._clock.now())
 
-            first = state.retry_count + 1 if state.status == NodeStatus.RUNNING else 1
             try:
                 output = await self._nodes.call(
                     workflow, node_id, node_input, execution, first, on_attempt, on_failure
@@ -344,8 +381,9 @@ class Driver:
                 state.move(NodeStatus.COMPLETED, now)
                 self._node_event(step, state)
                 runs = self._advance(step)
+            started = self._prestart(step, runs)
             await self._commit(step)
-            self._start(runs)
+            self._start(runs, started)
         if execution.finished:
             current = asyncio.current_task()
             for task in list(self._tasks.values()):
