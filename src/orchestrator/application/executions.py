@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.application.access import visible
 from orchestrator.application.ports import (
     Clock,
     EventPublisher,
@@ -63,8 +65,13 @@ def _new_execution(
 
 
 def scoped_key(user_id: str | None, key: str | None) -> str | None:
-    """Idempotency keys are per user: two users may pick the same key."""
-    return None if key is None else f"{user_id or ''}:{key}"
+    """Idempotency keys are per user: two users may pick the same key.
+
+    Stored as a digest, so that any key and user id fit the column.
+    """
+    if key is None:
+        return None
+    return hashlib.sha256(f"{user_id or ''}\n{key}".encode()).hexdigest()
 
 
 async def execute_workflow(
@@ -81,7 +88,7 @@ async def execute_workflow(
     key = scoped_key(user_id, idempotency_key)
     async with services.uow_factory() as uow:
         workflow = await uow.workflows.get(workflow_id)
-        if workflow is None or (user_id is not None and workflow.user_id not in (None, user_id)):
+        if workflow is None or not visible(workflow.user_id, user_id):
             raise NotFound("Workflow", workflow_id)
         workflow.ensure_executable()
         candidate = _new_execution(
@@ -102,7 +109,7 @@ async def get_execution(
     """The execution with its node states, or NotFound."""
     async with services.uow_factory() as uow:
         execution = await uow.executions.get(execution_id)
-    if execution is None or (user_id is not None and execution.user_id not in (None, user_id)):
+    if execution is None or not visible(execution.user_id, user_id):
         raise NotFound("Execution", execution_id)
     return execution
 
@@ -128,7 +135,7 @@ async def cancel_execution(
     """
     async with services.uow_factory() as uow:
         execution = await uow.executions.get(execution_id)
-        if execution is None or (user_id is not None and execution.user_id not in (None, user_id)):
+        if execution is None or not visible(execution.user_id, user_id):
             raise NotFound("Execution", execution_id)
         if execution.status == ExecutionStatus.CANCELLED:
             return
@@ -157,7 +164,7 @@ async def retry_execution(
     """
     async with services.uow_factory() as uow:
         failed = await uow.executions.get(execution_id)
-        if failed is None or (user_id is not None and failed.user_id not in (None, user_id)):
+        if failed is None or not visible(failed.user_id, user_id):
             raise NotFound("Execution", execution_id)
         if failed.status != ExecutionStatus.FAILED:
             raise Conflict(
@@ -185,6 +192,6 @@ async def execution_events(
     """The events after `after_seq`, in order: what a reconnecting client missed."""
     async with services.uow_factory() as uow:
         execution = await uow.executions.get(execution_id)
-        if execution is None or (user_id is not None and execution.user_id not in (None, user_id)):
+        if execution is None or not visible(execution.user_id, user_id):
             raise NotFound("Execution", execution_id)
         return await uow.executions.events(execution_id, after_seq, min(limit, MAX_EVENTS_PAGE))

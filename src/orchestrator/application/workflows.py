@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+from orchestrator.application.access import visible
 from orchestrator.application.ports import Clock, Page, UnitOfWorkFactory, VersionRecord
 from orchestrator.domain.errors import NotFound, Problem, ValidationFailed
 from orchestrator.domain.validation import validate_definition
@@ -69,13 +70,9 @@ async def get_workflow(
     """The workflow, or NotFound (also when it belongs to another user)."""
     async with uow_factory() as uow:
         workflow = await uow.workflows.get(workflow_id)
-    if workflow is None or not _visible(workflow, user_id):
+    if workflow is None or not visible(workflow.user_id, user_id):
         raise NotFound("Workflow", workflow_id)
     return workflow
-
-
-def _visible(workflow: Workflow, user_id: str | None) -> bool:
-    return user_id is None or workflow.user_id in (None, user_id)
 
 
 async def list_workflows(
@@ -98,7 +95,7 @@ async def update_workflow(
         check_definition(changes.definition)
     async with uow_factory() as uow:
         workflow = await uow.workflows.get(workflow_id)
-        if workflow is None or not _visible(workflow, user_id):
+        if workflow is None or not visible(workflow.user_id, user_id):
             raise NotFound("Workflow", workflow_id)
         workflow.ensure_editable()
         now = clock.now()
@@ -123,7 +120,7 @@ async def archive_workflow(
     """DELETE archives: the workflow and its versions stay readable."""
     async with uow_factory() as uow:
         workflow = await uow.workflows.get(workflow_id)
-        if workflow is None or not _visible(workflow, user_id):
+        if workflow is None or not visible(workflow.user_id, user_id):
             raise NotFound("Workflow", workflow_id)
         if workflow.status != WorkflowStatus.ARCHIVED:
             workflow.change_status(WorkflowStatus.ARCHIVED, clock.now())
@@ -138,6 +135,6 @@ async def list_versions(
     """Every stored version of the workflow, oldest first."""
     async with uow_factory() as uow:
         workflow = await uow.workflows.get(workflow_id)
-        if workflow is None or not _visible(workflow, user_id):
+        if workflow is None or not visible(workflow.user_id, user_id):
             raise NotFound("Workflow", workflow_id)
         return await uow.workflows.versions(workflow_id)
