@@ -8,11 +8,12 @@ from typing import Any
 
 from orchestrator.application.access import visible
 from orchestrator.application.ports import Clock, Page, UnitOfWorkFactory, VersionRecord
-from orchestrator.domain.errors import NotFound, Problem, ValidationFailed
+from orchestrator.domain.errors import ConcurrentChange, NotFound, Problem, ValidationFailed
 from orchestrator.domain.validation import validate_definition
 from orchestrator.domain.workflow import Definition, Workflow, WorkflowStatus
 
 UNSET: Any = object()
+ARCHIVE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -117,16 +118,29 @@ async def update_workflow(
 async def archive_workflow(
     uow_factory: UnitOfWorkFactory, clock: Clock, workflow_id: str, user_id: str | None
 ) -> Workflow:
-    """DELETE archives: the workflow and its versions stay readable."""
-    async with uow_factory() as uow:
-        workflow = await uow.workflows.get(workflow_id)
-        if workflow is None or not visible(workflow.user_id, user_id):
-            raise NotFound("Workflow", workflow_id)
-        if workflow.status != WorkflowStatus.ARCHIVED:
+    """DELETE archives: the workflow and its versions stay readable.
+
+    An edit that lands between the read and the write does not make the archive fail: it is
+    read again and archived.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        async with uow_factory() as uow:
+            workflow = await uow.workflows.get(workflow_id)
+            if workflow is None or not visible(workflow.user_id, user_id):
+                raise NotFound("Workflow", workflow_id)
+            if workflow.status == WorkflowStatus.ARCHIVED:
+                return workflow
             workflow.change_status(WorkflowStatus.ARCHIVED, clock.now())
-            await uow.workflows.save(workflow, new_version=False)
+            try:
+                await uow.workflows.save(workflow, new_version=False)
+            except ConcurrentChange:
+                if attempt == ARCHIVE_ATTEMPTS:
+                    raise
+                continue
             await uow.commit()
-    return workflow
+            return workflow
 
 
 async def list_versions(

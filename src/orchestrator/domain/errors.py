@@ -50,6 +50,10 @@ class IllegalTransition(Conflict):
     """A status change that the state machine does not allow."""
 
 
+class ConcurrentChange(Conflict):
+    """Another request changed the entity between this request's read and its write."""
+
+
 class ExpressionError(DomainError):
     """An expression that does not compile or fails while it is evaluated."""
 

@@ -18,7 +18,7 @@ from orchestrator.application.ports import (
     WorkflowRepository,
 )
 from orchestrator.application.views import execution_update, node_update
-from orchestrator.domain.errors import Conflict
+from orchestrator.domain.errors import ConcurrentChange, Conflict
 from orchestrator.domain.execution import (
     ACTIVE_EXECUTION,
     ExecutionStatus,
@@ -137,7 +137,7 @@ class SqlWorkflowRepository:
             )
         )
         if saved.rowcount != 1:
-            raise Conflict(
+            raise ConcurrentChange(
                 f"Workflow {workflow.id} was changed by another request; reload it and retry"
             )
         self._read[workflow.id] = (workflow.version, workflow.updated_at)
