@@ -71,7 +71,7 @@ async def _worker(settings: Settings) -> None:
     log = logging.getLogger("orchestrator.worker")
     publisher: EventPublisher
     if settings.redis_url:
-        publisher = SocketIOPublisher(build_emitter(settings.redis_url))
+        publisher = SocketIOPublisher(build_emitter(settings.redis_url, settings.redis_channel))
     else:
         log.warning(
             "REDIS_URL is not set: live events of this worker reach no Socket.IO client "

@@ -107,7 +107,7 @@ class Runtime:
 def create_app(settings: Settings | None = None) -> Any:
     """The ASGI app: REST under FastAPI, Socket.IO at /socket.io (namespace /workflows)."""
     settings = settings or Settings()
-    sio = build_server(settings.cors_origin, settings.redis_url)
+    sio = build_server(settings.cors_origin, settings.redis_url, settings.redis_channel)
     runtime: Runtime | None = None
 
     @contextlib.asynccontextmanager

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     max_body_bytes: int = Field(1_048_576, gt=0)
     redis_url: str | None = None
+    redis_channel: str = Field("orchestrator", min_length=1, max_length=200)
     auto_migrate: bool = True
     runner_enabled: bool = True
     max_concurrent_executions: int = Field(200, gt=0)

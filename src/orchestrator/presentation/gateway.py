@@ -1,23 +1,79 @@
-"""Socket.IO gateway, namespace /workflows: subscribe to an execution's room, get its events."""
+"""Socket.IO gateway, namespace /workflows: subscribe to an execution's room, get its events.
+
+Client messages, each with the payload `{executionId}` and each acknowledged (the value a
+client's callback receives):
+
+- `subscribe` (alias `join`): joins the room `execution:{executionId}`; answered with
+  `subscribed` (`joined`) `{executionId}`, then the execution's current state as an
+  `execution:update` whose `seq` is that of the last event committed, then the acknowledgement
+  `{ok: true, executionId, seq}`. Subscribing again sends a fresh snapshot.
+- `unsubscribe` (alias `leave`): leaves the room; answered with `unsubscribed` (`left`)
+  `{executionId}` and `{ok: true, executionId}`.
+
+A refused message is acknowledged with `{ok: false, error}` and, for clients that pass no
+callback, answered with an `error` event `{event, executionId, error}` (`event` is the refused
+message's name). It is not an `execution:error`: that one is an execution's own stored event,
+numbered by `seq`; a refusal concerns the request only and changes nothing. Refused are: a
+payload that is not `{executionId: <string of 1..200 characters>}` (messages over 64 KiB close
+the connection, Engine.IO's limit), an unknown execution, a subscription beyond
+MAX_SUBSCRIPTIONS_PER_CLIENT, more than MAX_PENDING messages of one connection in flight, and
+a subscription while the database is unreachable.
+
+What a subscriber receives (see `SequencedManager`): after the snapshot of seq S, the events
+S+1, S+2, ... in order, each once, up to the end of the execution. A room event that arrives
+while the snapshot is being read is held back and sent after it; one that skips ahead of the
+last one sent (lost on its way through Redis, or never published because its process stopped
+right after the commit) is held back while the missing ones are read from the database and
+sent first. A client that reconnects asks GET /workflows/executions/{id}/events?afterSeq=N
+for what it missed while away.
+
+The messages of one connection are handled one at a time, in the order they arrived (so a
+`subscribe` followed by an `unsubscribe` leaves it unsubscribed); snapshot and catch-up reads
+share a small pool (MAX_LOOKUPS), so one client cannot take the database from the others.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
 
-from orchestrator.application.executions import ExecutionServices, get_execution
+from orchestrator.application.executions import (
+    MAX_EVENTS_PAGE,
+    ExecutionServices,
+    execution_events,
+    get_execution,
+)
 from orchestrator.application.views import execution_update
 from orchestrator.domain.errors import NotFound
 from orchestrator.infrastructure.db.errors import is_outage
-from orchestrator.infrastructure.realtime.publisher import NAMESPACE, room_of
+from orchestrator.infrastructure.realtime.publisher import (
+    NAMESPACE,
+    Delivery,
+    SequencedManager,
+    execution_of,
+    room_of,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 200
+MAX_PENDING = 64  # messages of one connection waiting to be handled
+MAX_LOOKUPS = 8  # database reads of the gateway at once, over all connections
+MALFORMED = f"payload must be {{executionId: <string of 1 to {MAX_ID_LENGTH} characters>}}"
+
+
+@dataclass
+class _Client:
+    """A connection's own state: its messages are handled one at a time, in order."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: int = 0
 
 
 class Gateway:
@@ -29,84 +85,175 @@ class Gateway:
         services: Callable[[], ExecutionServices],
         max_subscriptions: int,
     ) -> None:
+        manager = sio.manager
+        if not isinstance(manager, SequencedManager):
+            raise TypeError("the gateway needs a server built by build_server")
         self._sio = sio
+        self._manager = manager
         self._services = services
         self._max = max_subscriptions
+        self._clients: dict[str, _Client] = {}
+        self._lookups = asyncio.Semaphore(MAX_LOOKUPS)
+        self._tasks: set[asyncio.Task[None]] = set()
+        manager.on_gap = self._on_gap
         for message, answer in (("subscribe", "subscribed"), ("join", "joined")):
-            sio.on(message, self._joiner(answer), namespace=NAMESPACE)
+            sio.on(message, self._handler(message, answer, self._join), namespace=NAMESPACE)
         for message, answer in (("unsubscribe", "unsubscribed"), ("leave", "left")):
-            sio.on(message, self._leaver(answer), namespace=NAMESPACE)
+            sio.on(message, self._handler(message, answer, self._leave), namespace=NAMESPACE)
         sio.on("connect", self._connect, namespace=NAMESPACE)
+        sio.on("disconnect", self._disconnect, namespace=NAMESPACE)
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        self._clients[sid] = _Client()
         return True
 
-    def _joiner(self, answer: str) -> Callable[..., Any]:
-        async def handler(sid: str, data: Any = None) -> dict[str, Any]:
-            return await self._join(sid, data, answer)
+    async def _disconnect(self, sid: str, *reason: Any) -> None:
+        self._clients.pop(sid, None)
+
+    def _handler(
+        self, message: str, answer: str, action: Callable[[str, str, str], Any]
+    ) -> Callable[..., Any]:
+        async def handler(sid: str, *args: Any) -> dict[str, Any]:
+            execution_id = _execution_id(args)
+            if execution_id is None:
+                return await self._refuse(sid, message, MALFORMED)
+            client = self._clients.get(sid)
+            if client is None:
+                return {"ok": False, "error": "not connected"}
+            if client.pending >= MAX_PENDING:
+                return await self._refuse(
+                    sid, message, "too many messages in flight on this connection", execution_id
+                )
+            client.pending += 1
+            try:
+                async with client.lock:
+                    if sid not in self._clients:
+                        return {"ok": False, "error": "not connected"}
+                    result: dict[str, Any] | str = await action(sid, execution_id, answer)
+            finally:
+                client.pending -= 1
+            if isinstance(result, str):
+                return await self._refuse(sid, message, result, execution_id)
+            return result
 
         return handler
 
-    def _leaver(self, answer: str) -> Callable[..., Any]:
-        async def handler(sid: str, data: Any = None) -> dict[str, Any]:
-            return await self._leave(sid, data, answer)
-
-        return handler
-
-    async def _join(self, sid: str, data: Any, answer: str) -> dict[str, Any]:
-        execution_id = _execution_id(data)
-        if execution_id is None:
-            return await self._refuse(sid, "payload must be {executionId: string}")
+    async def _join(self, sid: str, execution_id: str, answer: str) -> dict[str, Any] | str:
+        """Follow the execution: snapshot first, then its events from the snapshot's seq on."""
         room = room_of(execution_id)
-        rooms = [r for r in self._sio.rooms(sid, namespace=NAMESPACE) if r.startswith("execution:")]
-        if room not in rooms and len(rooms) >= self._max:
-            return await self._refuse(
-                sid, f"too many subscriptions: at most {self._max} per connection", execution_id
-            )
+        followed = self._manager.followed(sid)
+        already = room in followed
+        if not already and len(followed) >= self._max:
+            return f"too many subscriptions: at most {self._max} per connection"
+        # Hold the room's events back for this connection, join, then read the snapshot: an
+        # event committed after the read is held and sent after the snapshot; one committed
+        # before it is covered by it and dropped.
+        delivery = self._manager.hold(sid, room)
+        await self._sio.enter_room(sid, room, namespace=NAMESPACE)
         try:
-            # The room first, then the snapshot: an event committed in between arrives before
-            # the snapshot, whose seq then covers it, so nothing is missed.
-            await self._sio.enter_room(sid, room, namespace=NAMESPACE)
-            execution = await get_execution(self._services(), execution_id, None)
-        except NotFound:
-            await self._sio.leave_room(sid, room, namespace=NAMESPACE)
-            return await self._refuse(sid, f"Execution {execution_id} not found", execution_id)
+            async with self._lookups:
+                execution = await get_execution(self._services(), execution_id, None)
         except Exception as exc:
-            await self._sio.leave_room(sid, room, namespace=NAMESPACE)
+            if already:
+                await self._release(sid, room, delivery)
+            else:
+                self._manager.forget(sid, room)
+                await self._sio.leave_room(sid, room, namespace=NAMESPACE)
+            if isinstance(exc, NotFound):
+                return f"Execution {execution_id} not found"
             if not is_outage(exc):
                 log.exception("subscribe %s failed", execution_id)
-            return await self._refuse(sid, "could not subscribe now; try again", execution_id)
-        await self._sio.emit(answer, {"executionId": execution_id}, to=sid, namespace=NAMESPACE)
+            return "could not subscribe now; try again"
+        await self._send(sid, answer, {"executionId": execution_id})
         now = dt.datetime.now(dt.UTC)
-        await self._sio.emit(
-            "execution:update",
-            execution_update(execution, execution.last_seq, now),
-            to=sid,
-            namespace=NAMESPACE,
+        await self._send(
+            sid, "execution:update", execution_update(execution, execution.last_seq, now)
         )
+        delivery.last_seq = max(delivery.last_seq, execution.last_seq)
+        await self._release(sid, room, delivery)
         return {"ok": True, "executionId": execution_id, "seq": execution.last_seq}
 
-    async def _leave(self, sid: str, data: Any, answer: str) -> dict[str, Any]:
-        execution_id = _execution_id(data)
-        if execution_id is None:
-            return await self._refuse(sid, "payload must be {executionId: string}")
-        await self._sio.leave_room(sid, room_of(execution_id), namespace=NAMESPACE)
-        await self._sio.emit(answer, {"executionId": execution_id}, to=sid, namespace=NAMESPACE)
+    async def _leave(self, sid: str, execution_id: str, answer: str) -> dict[str, Any] | str:
+        room = room_of(execution_id)
+        self._manager.forget(sid, room)
+        await self._sio.leave_room(sid, room, namespace=NAMESPACE)
+        await self._send(sid, answer, {"executionId": execution_id})
         return {"ok": True, "executionId": execution_id}
 
+    def _on_gap(self, sid: str, room: str, delivery: Delivery) -> None:
+        """An event skipped ahead of the last one sent: send the missing ones first."""
+        task = asyncio.create_task(self._fill(sid, room, delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fill(self, sid: str, room: str, delivery: Delivery) -> None:
+        client = self._clients.get(sid)
+        if client is None:
+            return
+        async with client.lock:
+            current = self._manager.followed(sid).get(room) is delivery
+            if current and delivery.held is not None and sid in self._clients:
+                await self._release(sid, room, delivery)
+
+    async def _release(self, sid: str, room: str, delivery: Delivery) -> None:
+        """Send the held events in seq order, reading any missing ones from the database.
+
+        Events arriving meanwhile are held too; the last check and the end of holding happen
+        with no await in between, so none is left behind.
+        """
+        while True:
+            held = delivery.take_next()
+            if held is None:
+                delivery.held = None
+                return
+            name, payload = held
+            seq = int(payload["seq"])
+            if seq <= delivery.last_seq:
+                continue
+            if seq > delivery.last_seq + 1:
+                await self._send_missed(sid, room, delivery, seq)
+            await self._send(sid, name, payload)
+            delivery.last_seq = seq
+
+    async def _send_missed(self, sid: str, room: str, delivery: Delivery, before: int) -> None:
+        """Send the stored events after `delivery.last_seq` and before `before`."""
+        execution_id = execution_of(room)
+        try:
+            while delivery.last_seq + 1 < before:
+                wanted = min(before - delivery.last_seq - 1, MAX_EVENTS_PAGE)
+                async with self._lookups:
+                    events = await execution_events(
+                        self._services(), execution_id, delivery.last_seq, wanted, None
+                    )
+                events = [e for e in events if delivery.last_seq < e.seq < before]
+                if not events:
+                    break
+                for event in events:
+                    await self._send(sid, event.name, event.payload)
+                    delivery.last_seq = event.seq
+        except Exception as exc:
+            # The client sees the gap and can ask the events route once the database is back.
+            log.warning("could not fill the gap of %s before #%d: %s", execution_id, before, exc)
+
+    async def _send(self, sid: str, event: str, data: dict[str, Any]) -> None:
+        await self._sio.emit(event, data, to=sid, namespace=NAMESPACE, ignore_queue=True)
+
     async def _refuse(
-        self, sid: str, error: str, execution_id: str | None = None
+        self, sid: str, message: str, error: str, execution_id: str | None = None
     ) -> dict[str, Any]:
-        await self._sio.emit(
-            "error", {"executionId": execution_id, "error": error}, to=sid, namespace=NAMESPACE
+        await self._send(
+            sid, "error", {"event": message, "executionId": execution_id, "error": error}
         )
         return {"ok": False, "error": error}
 
 
-def _execution_id(data: Any) -> str | None:
-    """The execution id of a message: `{executionId}` (or `{execution_id}`, or a bare string)."""
+def _execution_id(args: tuple[Any, ...]) -> str | None:
+    """The execution id of a message: `{executionId}` (or a bare string); None if malformed."""
+    if len(args) != 1:
+        return None
+    data = args[0]
     if isinstance(data, dict):
-        data = data.get("executionId", data.get("execution_id"))
+        data = data.get("executionId")
     if isinstance(data, str) and 0 < len(data) <= MAX_ID_LENGTH:
         return data
     return None

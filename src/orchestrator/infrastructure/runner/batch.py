@@ -15,6 +15,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -84,7 +85,9 @@ class StepWriter:
     """Writes steps in batches; `write` answers whether the step's fence held."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+        # One writer writes one batch at a time, so it keeps one connection of its own.
+        self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._connection: asyncpg.Connection | None = None
         self._queue: list[_Queued] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -153,18 +156,19 @@ class StepWriter:
         rows = orjson.dumps([row for row, *_ in batch]).decode()
         nodes = orjson.dumps([n for _, node_rows, *_ in batch for n in node_rows]).decode()
         events = orjson.dumps([e for *_, event_rows, _ in batch for e in event_rows]).decode()
-        async with self._engine.connect() as connection:
-            driver = (await connection.get_raw_connection()).driver_connection
-            assert driver is not None
-            try:
-                records = await driver.fetch(
-                    _WRITE_STEPS, rows, nodes, events, dt.datetime.now(dt.UTC)
-                )
-            except BaseException:
-                # The driver connection was used behind SQLAlchemy's back: never pool it
-                # again after an error.
-                await connection.invalidate()
-                raise
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await asyncpg.connect(
+                self._dsn, timeout=10, server_settings={"application_name": "orchestrator-steps"}
+            )
+        try:
+            records = await self._connection.fetch(
+                _WRITE_STEPS, rows, nodes, events, dt.datetime.now(dt.UTC), timeout=30
+            )
+        except BaseException:
+            # Whatever state the connection is in now, the next batch starts on a new one.
+            connection, self._connection = self._connection, None
+            connection.terminate()
+            raise
         return {r["id"] for r in records}
 
     async def close(self) -> None:
@@ -177,3 +181,6 @@ class StepWriter:
             if not future.done():
                 future.set_exception(ConnectionError("the step writer stopped"))
         self._queue.clear()
+        if self._connection is not None:
+            await self._connection.close(timeout=5)
+            self._connection = None

@@ -194,9 +194,10 @@ class Runner:
         except asyncio.CancelledError:
             log.info("execution %s: abandoned here (cancelled or lease lost)", claim.execution_id)
         finally:
+            was_full = len(self._drivers) >= self._config.max_concurrent
             self._drivers.pop(claim.execution_id, None)
-            if not self._stopping:
-                self._wake.set()
+            if was_full and not self._stopping:
+                self._wake.set()  # a slot is free again
 
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:

@@ -57,6 +57,36 @@ _node_update = (
 )
 
 
+# Built once: the runner claims often, and building the statement costs more than running it.
+_CLAIM = (
+    update(executions)
+    .where(
+        executions.c.id.in_(
+            select(executions.c.id)
+            .where(
+                executions.c.status.in_(ACTIVE),
+                or_(
+                    executions.c.lease_expires_at.is_(None),
+                    executions.c.lease_expires_at < bindparam("now"),
+                ),
+            )
+            .order_by(executions.c.created_at)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
+    .values(
+        lease_owner=bindparam("owner"),
+        lease_token=executions.c.lease_token + 1,
+        lease_expires_at=bindparam("expires"),
+        recoveries=executions.c.recoveries
+        + case((executions.c.lease_owner.is_not(None), 1), else_=0),
+    )
+    .returning(executions.c.id, executions.c.lease_token, executions.c.recoveries)
+)
+
+
 class RunnerStore:
     """Every write is fenced by the lease token and by the execution still being unfinished."""
 
@@ -71,30 +101,18 @@ class RunnerStore:
 
         A claim of an execution whose previous holder's lease ran out counts as a recovery.
         """
-        candidates = (
-            select(executions.c.id)
-            .where(
-                executions.c.status.in_(ACTIVE),
-                or_(executions.c.lease_expires_at.is_(None), executions.c.lease_expires_at < now),
-            )
-            .order_by(executions.c.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        statement = (
-            update(executions)
-            .where(executions.c.id.in_(candidates.scalar_subquery()))
-            .values(
-                lease_owner=self.owner,
-                lease_token=executions.c.lease_token + 1,
-                lease_expires_at=now + self._lease,
-                recoveries=executions.c.recoveries
-                + case((executions.c.lease_owner.is_not(None), 1), else_=0),
-            )
-            .returning(executions.c.id, executions.c.lease_token, executions.c.recoveries)
-        )
         async with self._engine.begin() as connection:
-            rows = (await connection.execute(statement)).all()
+            rows = (
+                await connection.execute(
+                    _CLAIM,
+                    {
+                        "now": now,
+                        "limit": limit,
+                        "owner": self.owner,
+                        "expires": now + self._lease,
+                    },
+                )
+            ).all()
         return [Claim(r.id, r.lease_token, r.recoveries) for r in rows]
 
     async def heartbeat(self, claims: list[Claim], now: dt.datetime) -> set[str]:
