@@ -198,7 +198,7 @@ async def main(sequential: int, concurrent: int, in_flight: int) -> None:
         with (
             running(standin_process()) as standin,
             running(
-                service_process(url, base_url(standin), LOG_LEVEL="ERROR", DB_POOL_SIZE="30")
+                service_process(url, base_url(standin), LOG_LEVEL="ERROR", DB_POOL_SIZE="20")
             ) as service,
         ):
             db = await asyncpg.connect(plain(url))
