@@ -145,6 +145,19 @@ def node_from_row(row: Any) -> NodeExecution:
     )
 
 
+def execution_values(execution: WorkflowExecution) -> dict[str, Any]:
+    """The columns of an execution row that its steps change."""
+    return {
+        "status": execution.status.value,
+        "output": execution.output,
+        "error": execution.error,
+        "current_node_id": execution.current_node_id,
+        "started_at": execution.started_at,
+        "completed_at": execution.completed_at,
+        "last_seq": execution.last_seq,
+    }
+
+
 def execution_row(execution: WorkflowExecution) -> dict[str, Any]:
     """A full execution row for an insert."""
     return {

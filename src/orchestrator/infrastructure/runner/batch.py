@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orchestrator.application.ports import ExecutionEvent
 from orchestrator.domain.execution import NodeExecution, WorkflowExecution
 from orchestrator.infrastructure.db.errors import is_transient
-from orchestrator.infrastructure.db.mappers import node_values
+from orchestrator.infrastructure.db.mappers import execution_values, node_values
 
 MAX_BATCH = 200
 
@@ -101,14 +101,8 @@ class StepWriter:
             "id": execution.id,
             "token": step.token,
             "previous_seq": step.previous_seq,
-            "status": execution.status.value,
-            "output": execution.output,
-            "error": execution.error,
-            "current_node_id": execution.current_node_id,
-            "started_at": execution.started_at,
-            "completed_at": execution.completed_at,
-            "last_seq": execution.last_seq,
             "finished": execution.finished,
+            **execution_values(execution),
         }
         nodes = [
             {"execution_id": execution.id, "node_id": n.node_id, **node_values(n)}

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orchestrator.application.ports import ExecutionEvent
 from orchestrator.domain.execution import ACTIVE_EXECUTION, NodeExecution, WorkflowExecution
 from orchestrator.domain.workflow import Definition
-from orchestrator.infrastructure.db.mappers import node_values
+from orchestrator.infrastructure.db.mappers import execution_values, node_values
 from orchestrator.infrastructure.db.repositories import (
     SqlExecutionRepository,
     SqlWorkflowRepository,
@@ -188,16 +188,7 @@ class RunnerStore:
         events: list[ExecutionEvent],
         now: dt.datetime,
     ) -> None:
-        values: dict[str, Any] = {
-            "status": execution.status.value,
-            "output": execution.output,
-            "error": execution.error,
-            "current_node_id": execution.current_node_id,
-            "started_at": execution.started_at,
-            "completed_at": execution.completed_at,
-            "updated_at": now,
-            "last_seq": execution.last_seq,
-        }
+        values: dict[str, Any] = {**execution_values(execution), "updated_at": now}
         if execution.finished:
             values["lease_owner"] = None
             values["lease_expires_at"] = None
