@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 STARTUP_TIMEOUT_S = 30.0
+WORKER_READY_LINE = "worker started"
 
 
 def free_port() -> int:
@@ -26,18 +27,45 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def health_answers(process: Process) -> bool:
+    """The default readiness check: the health URL answers 200."""
+    try:
+        return httpx.get(process.health_url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def log_line(text: str) -> Callable[[Process], bool]:
+    """A readiness check: `text` appeared in the process's output since its last start."""
+
+    def seen(process: Process) -> bool:
+        return text in process.log_since_start()
+
+    return seen
+
+
 @dataclass
 class Process:
-    """A child process with its log in a file; stopped by `stop`, whatever happens."""
+    """A child process with its log in a file; stopped by `stop`, whatever happens.
+
+    `start` waits until `ready(process)` holds: by default until the health URL answers 200;
+    a process that serves no HTTP (a worker) passes another check, e.g. `log_line(...)`.
+    """
 
     args: list[str]
     env: dict[str, str]
     health_url: str
     log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(suffix=".log")[1]))
     popen: subprocess.Popen[bytes] | None = None
+    ready: Callable[[Process], bool] = health_answers
+    log_offset: int = field(default=0, init=False)
 
     def start(self) -> Process:
-        """Start and wait until the health URL answers 200."""
+        """Start and wait until the process is ready (see the class)."""
+        try:
+            self.log_offset = self.log_path.stat().st_size
+        except OSError:
+            self.log_offset = 0
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
             self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -47,14 +75,16 @@ class Process:
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"{self.args} exited at start:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.health_url, timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
+            if self.ready(self):
+                return self
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{self.args} did not answer in time:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.args} did not get ready in time:\n{self.log_tail()}")
+
+    @property
+    def alive(self) -> bool:
+        """Started and not exited."""
+        return self.popen is not None and self.popen.poll() is None
 
     @property
     def pid(self) -> int:
@@ -100,6 +130,15 @@ class Process:
         except OSError:
             return ""
 
+    def log_since_start(self) -> str:
+        """The process's output since its last start (the log file is shared by restarts)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
 
 def service_env(database_url: str, standin_url: str, **extra: str) -> dict[str, str]:
     """The environment of a service process under test."""
@@ -119,14 +158,23 @@ def service_env(database_url: str, standin_url: str, **extra: str) -> dict[str, 
 def service_process(
     database_url: str, standin_url: str, command: str = "serve", **extra: str
 ) -> Process:
-    """A service process (not started)."""
+    """A service process (not started).
+
+    `command="worker"` serves no HTTP: it is ready once it logs that it started, so it logs
+    at INFO unless LOG_LEVEL is given (its health_url and base_url mean nothing).
+    """
     port = free_port()
+    if command == "worker":
+        extra = {"LOG_LEVEL": "INFO", **extra}
     env = service_env(database_url, standin_url, PORT=str(port), **extra)
-    return Process(
+    process = Process(
         [sys.executable, "-m", "orchestrator", command],
         env,
         f"http://127.0.0.1:{port}/health",
     )
+    if command == "worker":
+        process.ready = log_line(WORKER_READY_LINE)
+    return process
 
 
 @contextmanager

@@ -43,7 +43,12 @@ def create_engine(url: str, pool_size: int = 20) -> AsyncEngine:
         pool_recycle=1800,
         connect_args={
             "command_timeout": 30,
-            "server_settings": {"application_name": "orchestrator"},
+            "server_settings": {
+                "application_name": "orchestrator",
+                # A process frozen inside a transaction must not hold its row locks (and so
+                # the executions behind them) for longer than this.
+                "idle_in_transaction_session_timeout": "10000",
+            },
         },
     )
 

@@ -129,7 +129,7 @@ class Runner:
             claimed: list[Claim] = []
             if free > 0:
                 try:
-                    claimed = await self._store.claim(free, self._clock.now())
+                    claimed = await self._store.claim(free, self._clock.now(), self._drivers)
                     delay = self._config.poll_interval_s
                 except Exception as exc:
                     log.warning("runner %s: claim failed (%s); retrying", self.owner, exc)
@@ -195,7 +195,9 @@ class Runner:
             log.info("execution %s: abandoned here (cancelled or lease lost)", claim.execution_id)
         finally:
             was_full = len(self._drivers) >= self._config.max_concurrent
-            self._drivers.pop(claim.execution_id, None)
+            entry = self._drivers.get(claim.execution_id)
+            if entry is not None and entry[0] is claim:
+                del self._drivers[claim.execution_id]
             if was_full and not self._stopping:
                 self._wake.set()  # a slot is free again
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,8 @@ _CLAIM = (
                     executions.c.lease_expires_at.is_(None),
                     executions.c.lease_expires_at < bindparam("now"),
                 ),
+                # What this runner still drives, even past a late heartbeat, is not new work.
+                executions.c.id.not_in(bindparam("driving", expanding=True)),
             )
             .order_by(executions.c.created_at)
             .limit(bindparam("limit"))
@@ -80,8 +83,19 @@ _CLAIM = (
         lease_owner=bindparam("owner"),
         lease_token=executions.c.lease_token + 1,
         lease_expires_at=bindparam("expires"),
+        # Taking over from another owner whose lease ran out is a recovery; taking back what
+        # this runner gave up itself is not.
         recoveries=executions.c.recoveries
-        + case((executions.c.lease_owner.is_not(None), 1), else_=0),
+        + case(
+            (
+                and_(
+                    executions.c.lease_owner.is_not(None),
+                    executions.c.lease_owner != bindparam("owner"),
+                ),
+                1,
+            ),
+            else_=0,
+        ),
     )
     .returning(executions.c.id, executions.c.lease_token, executions.c.recoveries)
 )
@@ -96,8 +110,10 @@ class RunnerStore:
         self._lease = lease
         self._writer = StepWriter(engine) if engine.dialect.name == "postgresql" else None
 
-    async def claim(self, limit: int, now: dt.datetime) -> list[Claim]:
-        """Claim up to `limit` unleased or expired executions, oldest first.
+    async def claim(
+        self, limit: int, now: dt.datetime, driving: Collection[str] = ()
+    ) -> list[Claim]:
+        """Claim up to `limit` unleased or expired executions, oldest first, except `driving`.
 
         A claim of an execution whose previous holder's lease ran out counts as a recovery.
         """
@@ -110,6 +126,7 @@ class RunnerStore:
                         "limit": limit,
                         "owner": self.owner,
                         "expires": now + self._lease,
+                        "driving": list(driving),
                     },
                 )
             ).all()
