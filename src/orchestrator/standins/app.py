@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 Service = Literal["agent", "tool"]
 
@@ -109,6 +110,8 @@ def create_standin_app(
     if prefix:
         app.add_api_route(f"{prefix}/health", health, methods=["GET"])
 
+    app.add_middleware(_InstantAgent, path=f"{prefix}/agents/{INSTANT}/execute", state=state)
+
     @app.post(f"{prefix}/agents/{{agent_id}}/execute")
     async def execute_agent(agent_id: str, request: Request) -> JSONResponse:
         received_at = datetime.now(UTC)
@@ -151,6 +154,38 @@ def create_standin_app(
         return Response(status_code=204)
 
     return app
+
+
+class _InstantAgent:
+    """Answers the `instant` agent before routing, so that benchmarks measure their client."""
+
+    def __init__(self, app: ASGIApp, path: str, state: _State) -> None:
+        self.app = app
+        self.path = path
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        received_at = datetime.now(UTC)
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        key = dict(scope["headers"]).get(IDEMPOTENCY_HEADER.lower().encode())
+        idempotency_key = key.decode() if key else None
+        try:
+            body = json.loads(b"".join(chunks))
+        except ValueError:
+            body = None
+        response = await _answer_agent(self.state, INSTANT, idempotency_key, body, received_at)
+        self.state.record(
+            "agent", INSTANT, idempotency_key, body, received_at, response.status_code
+        )
+        await response(scope, receive, send)
 
 
 async def _answer_agent(

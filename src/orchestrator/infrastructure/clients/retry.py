@@ -59,6 +59,10 @@ class TenacityRetrier:
 
         # A resumed node whose attempts are used up still gets the attempt it was resumed for.
         remaining = max(1, policy.max_attempts - first_attempt + 1)
+        if remaining == 1:
+            # Nothing to retry (most nodes): spare building a retry controller for each call.
+            await on_attempt(first_attempt)
+            return await call()
         retrying = AsyncRetrying(
             sleep=self._sleep,
             stop=stop_after_attempt(remaining),
