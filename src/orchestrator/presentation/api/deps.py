@@ -25,7 +25,7 @@ class AppContext:
     runner_running: bool = False
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
     """The app's context."""
     context: AppContext = request.app.state.context
     return context
@@ -34,7 +34,7 @@ def get_context(request: Request) -> AppContext:
 ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
-def get_user_id(
+async def get_user_id(
     user_id: Annotated[
         str | None,
         Query(
@@ -51,7 +51,7 @@ def get_user_id(
 UserIdDep = Annotated[str | None, Depends(get_user_id)]
 
 
-def get_page(
+async def get_page(
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> Page:
