@@ -32,6 +32,8 @@ from orchestrator.infrastructure.runner.store import Claim, LeaseLost, RunnerSto
 
 log = logging.getLogger(__name__)
 
+FIRST_RETRY_DELAY_S = 0.05
+
 
 class Outcome(enum.Enum):
     """How a driver stopped."""
@@ -207,7 +209,7 @@ class Driver:
         if not step.events and not step.nodes:
             return
         started = time.monotonic()
-        delay = 0.05
+        delay = FIRST_RETRY_DELAY_S
         while True:
             try:
                 await self._store.commit(
@@ -226,7 +228,9 @@ class Driver:
                     raise
                 if time.monotonic() - started > self._config.outage_patience_s:
                     raise DatabaseUnavailable(str(exc)) from exc
-                log.warning("execution %s: commit failed (%s); retrying", self._execution.id, exc)
+                # Once per outage and execution at warning level, not once per retry.
+                level = logging.WARNING if delay == FIRST_RETRY_DELAY_S else logging.DEBUG
+                log.log(level, "execution %s: commit failed (%s); retrying", self.execution_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         await self._publisher.publish(step.events)
