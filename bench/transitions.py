@@ -27,6 +27,8 @@ from tests.databases import create_database, drop_database, plain, url_for
 from tests.flows import agents, chain, create_active, node
 from tests.processes import base_url, running, service_process, standin_process
 
+from orchestrator.infrastructure.clients.http import build_http_client
+
 NODES_PER_EXECUTION = 12
 
 
@@ -202,10 +204,10 @@ async def main(sequential: int, concurrent: int, in_flight: int) -> None:
             ) as service,
         ):
             db = await asyncpg.connect(plain(url))
-            limits = httpx.Limits(max_connections=in_flight + 10)
-            async with httpx.AsyncClient(
-                base_url=base_url(service), timeout=60, limits=limits
-            ) as client:
+            # The load generator shares the two cores: it sends through the same cheap
+            # transport the service uses, so that it leaves them to what is measured.
+            async with build_http_client(in_flight + 10, 60.0) as client:
+                client.base_url = httpx.URL(base_url(service))
                 transform = await create_active(
                     client,
                     chain(

@@ -7,6 +7,7 @@ carries that out and records it.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,17 +140,9 @@ class CompiledWorkflow:
             return default
         return resolve(mapping, self.context(execution, default))
 
-    def context(self, execution: WorkflowExecution, node_input: Any) -> dict[str, Any]:
-        """Names an expression in a mapping or transform can use."""
-        return {
-            "input": node_input,
-            "variables": variables(execution),
-            "outputs": {
-                nid: ne.output
-                for nid, ne in execution.nodes.items()
-                if ne.status == NodeStatus.COMPLETED
-            },
-        }
+    def context(self, execution: WorkflowExecution, node_input: Any) -> Mapping[str, Any]:
+        """What an expression in a mapping or transform sees: `input`, `variables`, `outputs`."""
+        return _Context(execution, node_input)
 
     def transform(self, node_id: str, node_input: Any, execution: WorkflowExecution) -> Any:
         """Run a TRANSFORM node: its expression, else its template, else its mapped input."""
@@ -188,6 +181,36 @@ class CompiledWorkflow:
         if not ends:
             return None
         return {nid: execution.nodes[nid].output for nid in ends}
+
+
+class _Context(Mapping[str, Any]):
+    """`variables` and `outputs` are computed on first use: most expressions read `input` only."""
+
+    _NAMES = ("input", "variables", "outputs")
+
+    def __init__(self, execution: WorkflowExecution, node_input: Any) -> None:
+        self._execution = execution
+        self._values: dict[str, Any] = {"input": node_input}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._values:
+            if name == "variables":
+                self._values[name] = variables(self._execution)
+            elif name == "outputs":
+                self._values[name] = {
+                    nid: ne.output
+                    for nid, ne in self._execution.nodes.items()
+                    if ne.status == NodeStatus.COMPLETED
+                }
+            else:
+                raise KeyError(name)
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._NAMES)
+
+    def __len__(self) -> int:
+        return len(self._NAMES)
 
 
 def variables(execution: WorkflowExecution) -> dict[str, Any]:

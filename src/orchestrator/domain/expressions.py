@@ -31,7 +31,7 @@ _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 class Expression:
     """A compiled CEL expression."""
 
-    __slots__ = ("_program", "source")
+    __slots__ = ("_names", "_program", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -40,11 +40,16 @@ class Expression:
             self._program = cel.compile(source)
         except (ValueError, RuntimeError, TypeError) as exc:
             raise ExpressionError(_first_line(str(exc))) from exc
+        # Only the names the expression uses are looked up: a context may compute its
+        # values lazily, and most expressions need only one of them.
+        self._names = tuple(self._program.variables())
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         """Evaluate against the named values; the result is plain JSON data."""
         try:
-            result = self._program.execute(dict(context))
+            result = self._program.execute(
+                {name: context[name] for name in self._names if name in context}
+            )
         except KeyError as exc:
             raise ExpressionError(f"{self.source!r}: no such key {exc.args[0]!r}") from exc
         except Exception as exc:

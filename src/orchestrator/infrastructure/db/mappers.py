@@ -64,14 +64,14 @@ def definition_from_json(data: Mapping[str, Any]) -> Definition:
     )
 
 
-def workflow_from_row(row: Any, definition: Mapping[str, Any]) -> Workflow:
+def workflow_from_row(row: Any, definition: Definition) -> Workflow:
     """A workflow from its row and the definition of its current version."""
     return Workflow(
         id=row.id,
         name=row.name,
         description=row.description,
         status=WorkflowStatus(row.status),
-        definition=definition_from_json(definition),
+        definition=definition,
         user_id=row.user_id,
         created_at=row.created_at,
         updated_at=row.updated_at,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import OrderedDict
 from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
@@ -43,6 +44,22 @@ from orchestrator.infrastructure.db.tables import (
 )
 
 ACTIVE = [s.value for s in ACTIVE_EXECUTION]
+
+
+# Versions are immutable, so their parsed definitions can be kept (by every process alike).
+_DEFINITIONS: OrderedDict[tuple[str, int], Definition] = OrderedDict()
+DEFINITION_CACHE_SIZE = 1024
+
+
+def _remember(workflow_id: str, version: int, stored: Any) -> Definition:
+    key = (workflow_id, version)
+    definition = _DEFINITIONS.get(key)
+    if definition is None:
+        definition = definition_from_json(stored)
+        _DEFINITIONS[key] = definition
+        if len(_DEFINITIONS) > DEFINITION_CACHE_SIZE:
+            _DEFINITIONS.popitem(last=False)
+    return definition
 
 
 class SqlWorkflowRepository:
@@ -91,11 +108,16 @@ class SqlWorkflowRepository:
         )
 
     async def get(self, workflow_id: str) -> Workflow | None:
-        row = (await self._c.execute(self._select().where(workflows.c.id == workflow_id))).first()
+        row = (
+            await self._c.execute(select(workflows).where(workflows.c.id == workflow_id))
+        ).first()
         if row is None:
             return None
+        definition = await self.definition(row.id, row.version)
+        if definition is None:
+            return None
         self._read[workflow_id] = (row.version, row.updated_at)
-        return workflow_from_row(row, row.definition)
+        return workflow_from_row(row, definition)
 
     async def list_page(
         self, page: Page, user_id: str | None, status: WorkflowStatus | None
@@ -116,7 +138,9 @@ class SqlWorkflowRepository:
         total = (
             await self._c.execute(select(func.count()).select_from(workflows).where(*conditions))
         ).scalar_one()
-        return [workflow_from_row(r, r.definition) for r in rows], int(total)
+        return [workflow_from_row(r, _remember(r.id, r.version, r.definition)) for r in rows], int(
+            total
+        )
 
     async def save(self, workflow: Workflow, new_version: bool) -> None:
         statement = update(workflows).where(workflows.c.id == workflow.id)
@@ -155,6 +179,9 @@ class SqlWorkflowRepository:
         ]
 
     async def definition(self, workflow_id: str, version: int) -> Definition | None:
+        cached = _DEFINITIONS.get((workflow_id, version))
+        if cached is not None:
+            return cached
         row = (
             await self._c.execute(
                 select(workflow_versions.c.definition).where(
@@ -163,7 +190,7 @@ class SqlWorkflowRepository:
                 )
             )
         ).first()
-        return None if row is None else definition_from_json(row.definition)
+        return None if row is None else _remember(workflow_id, version, row.definition)
 
 
 class SqlExecutionRepository:
