@@ -36,8 +36,10 @@ def create_engine(url: str, pool_size: int = 20) -> AsyncEngine:
         return engine
     return create_async_engine(
         url,
+        # A fixed pool: overflow connections are opened and closed under load, and opening
+        # one costs more than waiting for a pooled one.
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
         # No pre-ping (a round trip per checkout): after a disconnect SQLAlchemy invalidates
         # the whole pool, and callers retry or answer 503.
         pool_recycle=1800,

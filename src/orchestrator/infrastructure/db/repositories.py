@@ -193,6 +193,18 @@ class SqlWorkflowRepository:
         return None if row is None else _remember(workflow_id, version, row.definition)
 
 
+# Built once, values bound at execution: building an insert with its values each time cost
+# more than running it.
+_INSERT_EXECUTION = insert(executions)
+_INSERT_NODES = insert(node_executions)
+_INSERT_ONCE = {
+    postgres: (postgresql.insert if postgres else sqlite.insert)(executions)
+    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    .returning(executions.c.id)
+    for postgres in (True, False)
+}
+
+
 class SqlExecutionRepository:
     """Executions, node executions and events in SQL."""
 
@@ -202,19 +214,10 @@ class SqlExecutionRepository:
     async def add(self, execution: WorkflowExecution) -> WorkflowExecution:
         values = execution_row(execution)
         if execution.idempotency_key is None:
-            await self._c.execute(insert(executions).values(values))
+            await self._c.execute(_INSERT_EXECUTION, values)
         else:
-            dialect_insert = (
-                postgresql.insert if self._c.dialect.name == "postgresql" else sqlite.insert
-            )
-            inserted = (
-                await self._c.execute(
-                    dialect_insert(executions)
-                    .values(values)
-                    .on_conflict_do_nothing(index_elements=["idempotency_key"])
-                    .returning(executions.c.id)
-                )
-            ).first()
+            statement = _INSERT_ONCE[self._c.dialect.name == "postgresql"]
+            inserted = (await self._c.execute(statement, values)).first()
             if inserted is None:
                 existing = (
                     await self._c.execute(
@@ -227,7 +230,7 @@ class SqlExecutionRepository:
                 assert found is not None
                 return found
         await self._c.execute(
-            insert(node_executions),
+            _INSERT_NODES,
             [node_row(execution.id, i, n) for i, n in enumerate(execution.nodes.values())],
         )
         return execution
