@@ -87,8 +87,9 @@ class Runtime:
             runner = Runner(store, nodes, publisher, clock, config)
             await runner.start()
         signals: RunnerSignals = runner if runner is not None else NoRunner()
+        lease_for = runner.lease_for if runner is not None else None
         services = ExecutionServices(
-            uow_factory=lambda: SqlUnitOfWork(engine),
+            uow_factory=lambda: SqlUnitOfWork(engine, lease_for),
             clock=clock,
             publisher=publisher,
             signals=signals,

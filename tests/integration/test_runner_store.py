@@ -22,7 +22,7 @@ from orchestrator.domain.execution import (
 )
 from orchestrator.domain.workflow import Definition, Edge, Node, NodeType, Workflow, WorkflowStatus
 from orchestrator.infrastructure.db.engine import create_engine
-from orchestrator.infrastructure.db.repositories import SqlUnitOfWork
+from orchestrator.infrastructure.db.repositories import LeaseSource, SqlUnitOfWork
 from orchestrator.infrastructure.db.tables import execution_events, executions, node_executions
 from orchestrator.infrastructure.runner.store import Claim, LeaseLost, RunnerStore
 from orchestrator.settings import async_database_url
@@ -56,11 +56,13 @@ async def new_workflow(engine: AsyncEngine) -> Workflow:
     return workflow
 
 
-async def pending(engine: AsyncEngine, count: int = 1) -> list[str]:
+async def pending(
+    engine: AsyncEngine, count: int = 1, lease_for: LeaseSource | None = None
+) -> list[str]:
     """`count` PENDING executions, created one second apart; their ids, oldest first."""
     workflow = await new_workflow(engine)
     ids = []
-    async with SqlUnitOfWork(engine) as uow:
+    async with SqlUnitOfWork(engine, lease_for) as uow:
         for i in range(count):
             created = T0 - dt.timedelta(hours=1) + dt.timedelta(seconds=i)
             execution = WorkflowExecution(
@@ -164,6 +166,18 @@ async def test_an_expired_lease_is_claimed_by_another_owner_as_a_recovery(
     assert lease.lease_token == 2
     assert lease.recoveries == 1
     assert lease.lease_expires_at == AFTER_LEASE + LEASE
+
+
+async def test_an_execution_inserted_with_a_lease_is_held_by_that_runner(
+    engine: AsyncEngine,
+) -> None:
+    (execution_id,) = await pending(engine, lease_for=lambda _: ("api-runner", T0 + LEASE))
+    lease = await lease_of(engine, execution_id)
+    assert (lease.lease_owner, lease.lease_token) == ("api-runner", 1)
+    assert await store(engine, "other").claim(10, T0) == []
+    # Held as if claimed: once the lease runs out, another runner takes over.
+    taken = await store(engine, "other").claim(10, AFTER_LEASE)
+    assert taken == [Claim(execution_id, 2, 1)]
 
 
 async def test_finished_executions_are_never_claimed(engine: AsyncEngine) -> None:

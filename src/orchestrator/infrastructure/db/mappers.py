@@ -178,7 +178,9 @@ def execution_row(execution: WorkflowExecution) -> dict[str, Any]:
         "created_at": execution.created_at,
         "updated_at": execution.updated_at,
         "last_seq": execution.last_seq,
+        "lease_owner": None,
         "lease_token": 0,
+        "lease_expires_at": None,
         "recoveries": 0,
     }
 

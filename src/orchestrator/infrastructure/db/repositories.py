@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
@@ -205,14 +206,24 @@ _INSERT_ONCE = {
 }
 
 
+LeaseSource = Callable[[str], "tuple[str, dt.datetime] | None"]
+"""Given a new execution's id, the (owner, expiry) of a runner that takes it at once, or None."""
+
+
 class SqlExecutionRepository:
     """Executions, node executions and events in SQL."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, lease_for: LeaseSource | None = None) -> None:
         self._c = connection
+        self._lease_for = lease_for
 
     async def add(self, execution: WorkflowExecution) -> WorkflowExecution:
         values = execution_row(execution)
+        lease = self._lease_for(execution.id) if self._lease_for is not None else None
+        if lease is not None:
+            # Inserted already claimed (token 1) by the runner of this process: it starts
+            # the execution without a claim round trip.
+            values.update(lease_owner=lease[0], lease_token=1, lease_expires_at=lease[1])
         if execution.idempotency_key is None:
             await self._c.execute(_INSERT_EXECUTION, values)
         else:
@@ -386,15 +397,16 @@ class SqlUnitOfWork:
     workflows: WorkflowRepository
     executions: ExecutionRepository
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, lease_for: LeaseSource | None = None) -> None:
         self._engine = engine
+        self._lease_for = lease_for
         self._connection: AsyncConnection | None = None
 
     async def __aenter__(self) -> UnitOfWork:
         self._connection = await self._engine.connect()
         await self._connection.begin()
         self.workflows = SqlWorkflowRepository(self._connection)
-        self.executions = SqlExecutionRepository(self._connection)
+        self.executions = SqlExecutionRepository(self._connection, self._lease_for)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

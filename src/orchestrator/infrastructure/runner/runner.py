@@ -62,6 +62,7 @@ class Runner:
         self._drivers: dict[str, tuple[Claim, Driver, asyncio.Task[None]]] = {}
         self._compiled: OrderedDict[tuple[str, int], CompiledWorkflow] = OrderedDict()
         self._fresh: OrderedDict[str, tuple[WorkflowExecution, Definition]] = OrderedDict()
+        self._reserved: OrderedDict[str, dt.datetime] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
@@ -76,8 +77,27 @@ class Runner:
         """How many executions this runner drives now."""
         return len(self._drivers)
 
+    def lease_for(self, execution_id: str) -> tuple[str, dt.datetime] | None:
+        """Take a new execution of this process at once, if there is room: (owner, expiry).
+
+        The execution is then inserted already claimed by this runner, with token 1.
+        """
+        if self._stopping or len(self._drivers) >= self._config.max_concurrent:
+            return None
+        expires = self._clock.now() + lease_of(self._config)
+        self._reserved[execution_id] = expires
+        if len(self._reserved) > FRESH_CACHE_SIZE:
+            self._reserved.popitem(last=False)  # its insert never committed
+        return self.owner, expires
+
     def created(self, execution: WorkflowExecution, definition: Definition) -> None:
-        """Claim now; if this runner wins the claim, it uses these instead of loading them."""
+        """Start it now if it was inserted with this runner's lease, else claim it now.
+
+        Either way, what is in hand is used instead of being loaded again.
+        """
+        if self._reserved.pop(execution.id, None) is not None and not self._stopping:
+            self._start(Claim(execution.id, 1, 0), execution, definition)
+            return
         self._fresh[execution.id] = (execution, definition)
         if len(self._fresh) > FRESH_CACHE_SIZE:
             self._fresh.popitem(last=False)
@@ -154,9 +174,10 @@ class Runner:
             with contextlib.suppress(Exception):
                 await self._store.release(claim)
             return
-        if loaded is None:
-            return
-        execution, definition = loaded
+        if loaded is not None:
+            self._start(claim, *loaded)
+
+    def _start(self, claim: Claim, execution: WorkflowExecution, definition: Definition) -> None:
         driver = Driver(
             self._store,
             claim,
