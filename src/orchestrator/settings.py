@@ -68,11 +68,6 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def is_sqlite(self) -> bool:
-        """True for the embedded default database."""
-        return self.database_url.startswith("sqlite")
-
-    @property
     def execution_timeout_s(self) -> float:
         """EXECUTION_TIMEOUT in seconds."""
         return self.execution_timeout / 1000

@@ -36,7 +36,7 @@ def test_defaults_need_nothing_set(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name.upper(), raising=False)
     settings = Settings(_env_file=None)
     assert settings.port == 3001
-    assert settings.is_sqlite
+    assert settings.database_url == DEFAULT_SQLITE_URL
     assert settings.agent_service_url == "http://localhost:3002/api"
     assert settings.execution_timeout_s == 300.0
 

@@ -72,11 +72,6 @@ class Runner:
         """This runner's lease owner id."""
         return self._store.owner
 
-    @property
-    def active(self) -> int:
-        """How many executions this runner drives now."""
-        return len(self._drivers)
-
     def lease_for(self, execution_id: str) -> tuple[str, dt.datetime] | None:
         """Take a new execution of this process at once, if there is room: (owner, expiry).
 
