@@ -22,7 +22,8 @@ from orchestrator.domain.execution import (
 )
 from orchestrator.domain.workflow import Definition, Edge, Node, NodeType, Workflow, WorkflowStatus
 from orchestrator.infrastructure.db.engine import create_engine
-from orchestrator.infrastructure.db.repositories import LeaseSource, SqlUnitOfWork
+from orchestrator.infrastructure.db.executions import LeaseSource
+from orchestrator.infrastructure.db.repositories import SqlUnitOfWork
 from orchestrator.infrastructure.db.tables import execution_events, executions, node_executions
 from orchestrator.infrastructure.runner.store import Claim, LeaseLost, RunnerStore
 from orchestrator.settings import async_database_url

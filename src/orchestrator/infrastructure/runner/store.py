@@ -13,13 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orchestrator.application.ports import ExecutionEvent
 from orchestrator.domain.execution import ACTIVE_EXECUTION, NodeExecution, WorkflowExecution
 from orchestrator.domain.workflow import Definition
+from orchestrator.infrastructure.db.executions import SqlExecutionRepository, insert_events
 from orchestrator.infrastructure.db.mappers import execution_values, node_values
-from orchestrator.infrastructure.db.repositories import (
-    SqlExecutionRepository,
-    SqlWorkflowRepository,
-    insert_events,
-)
 from orchestrator.infrastructure.db.tables import executions, node_executions
+from orchestrator.infrastructure.db.workflows import SqlWorkflowRepository
 from orchestrator.infrastructure.runner.batch import Step, StepWriter
 
 ACTIVE = [s.value for s in ACTIVE_EXECUTION]
