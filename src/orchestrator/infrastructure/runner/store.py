@@ -186,22 +186,17 @@ class RunnerStore:
         The step is fenced: the lease token must be this claim's, the execution unfinished,
         and nobody else may have written since `previous_seq`.
         """
+        step = Step(claim.token, execution, previous_seq, nodes, events)
         if self._writer is not None:
-            step = Step(claim.token, execution, previous_seq, nodes, events)
-            if not await self._writer.write(step):
-                raise LeaseLost(execution.id)
+            written = await self._writer.write(step)
         else:
-            await self._commit_portable(claim, execution, previous_seq, nodes, events, now)
+            written = await self._write_portable(step, now)
+        if not written:
+            raise LeaseLost(execution.id)
 
-    async def _commit_portable(
-        self,
-        claim: Claim,
-        execution: WorkflowExecution,
-        previous_seq: int,
-        nodes: list[NodeExecution],
-        events: list[ExecutionEvent],
-        now: dt.datetime,
-    ) -> None:
+    async def _write_portable(self, step: Step, now: dt.datetime) -> bool:
+        """The step in one transaction of its own (SQLite); False when the fence did not hold."""
+        execution = step.execution
         values: dict[str, Any] = {**execution_values(execution), "updated_at": now}
         if execution.finished:
             values["lease_owner"] = None
@@ -212,24 +207,25 @@ class RunnerStore:
                 .where(
                     and_(
                         executions.c.id == execution.id,
-                        executions.c.lease_token == claim.token,
+                        executions.c.lease_token == step.token,
                         executions.c.status.in_(ACTIVE),
-                        executions.c.last_seq == previous_seq,
+                        executions.c.last_seq == step.previous_seq,
                     )
                 )
                 .values(values)
             )
             if fenced.rowcount != 1:
-                raise LeaseLost(execution.id)
-            if nodes:
+                return False
+            if step.nodes:
                 await connection.execute(
                     _node_update,
                     [
                         {"b_execution_id": execution.id, "b_node_id": n.node_id, **node_values(n)}
-                        for n in nodes
+                        for n in step.nodes
                     ],
                 )
-            await insert_events(connection, events, now)
+            await insert_events(connection, step.events, now)
+        return True
 
     async def close(self) -> None:
         """Stop the batch writer."""
