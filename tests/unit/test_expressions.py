@@ -11,9 +11,11 @@ from orchestrator.domain.errors import ExpressionError
 from orchestrator.domain.expressions import (
     MAX_EXPRESSION_LENGTH,
     compile_expression,
+    comprehension_nesting,
     render_template_string,
     template_expressions,
     to_json,
+    tokenize,
 )
 
 SCORE_OK = "output.score > 0.5 && output.ok"
@@ -168,3 +170,100 @@ def test_render_template_string(template: str, expected: Any) -> None:
 def test_render_template_string_reports_failing_part() -> None:
     with pytest.raises(ExpressionError, match="no such key 'missing'"):
         render_template_string("x={{ input.missing }}", CONTEXT)
+
+
+HIDDEN_NESTING = (
+    'input.exists(a, ")" == ")" && input.exists(b, ")" == ")" && '
+    'input.exists(c, ")" == ")" && input.exists(d, a+b+c+d < 0))))'
+)
+
+
+def test_parentheses_inside_string_literals_do_not_hide_nesting() -> None:
+    with pytest.raises(ExpressionError, match="nests comprehensions deeper than 2"):
+        compile_expression(HIDDEN_NESTING)
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [
+        pytest.param('")("', id="double"),
+        pytest.param("')('", id="single"),
+        pytest.param('"\\")("', id="double-escaped-quote"),
+        pytest.param("'\\')('", id="single-escaped-quote"),
+        pytest.param('"\\\\"', id="escaped-backslash"),
+        pytest.param("''')'\n('''", id="triple-single"),
+        pytest.param('""")"\n("""', id="triple-double"),
+        pytest.param('"""\\""")("""', id="triple-escaped-quote"),
+        pytest.param('r"\\"', id="raw-backslash-ends"),
+        pytest.param("R')\\'", id="raw-upper"),
+        pytest.param("r''')\\'''", id="raw-triple"),
+        pytest.param('b")("', id="bytes"),
+        pytest.param("B'\\x29'", id="bytes-upper"),
+        pytest.param('br")\\"', id="raw-bytes"),
+        pytest.param('bR""")"""', id="raw-bytes-triple"),
+    ],
+)
+def test_string_literals_of_every_form_are_one_token(literal: str) -> None:
+    source = f"{literal} == {literal}"
+    assert tokenize(source) == [literal, "==", literal]
+    assert compile_expression(source).evaluate({}) is True
+
+
+def test_a_literal_ending_in_an_escaped_backslash_does_not_swallow_what_follows() -> None:
+    source = '"\\\\" + ")" + [[1]].map(a, a.map(b, b)).size()'
+    assert tokenize(source)[:4] == ['"\\\\"', "+", '")"', "+"]
+    assert compile_expression(source).comprehensions == 2
+
+
+@pytest.mark.parametrize(
+    ("source", "tokens"),
+    [
+        pytest.param("1.5e3 + .5 + 0x1Fu + 3u", ["1.5e3", "+", ".5", "+", "0x1Fu", "+", "3u"]),
+        pytest.param("1.exists(x, true)", ["1", ".", "exists", "(", "x", ",", "true", ")"]),
+        pytest.param("a.b_2 >= 1 || !c", ["a", ".", "b_2", ">=", "1", "||", "!", "c"]),
+        pytest.param("x // ) ( comment\n + 1", ["x", "+", "1"]),
+        pytest.param("bytes(br)", ["bytes", "(", "br", ")"]),
+    ],
+)
+def test_tokenize_numbers_identifiers_punctuation_and_comments(
+    source: str, tokens: list[str]
+) -> None:
+    assert tokenize(source) == tokens
+
+
+def test_comments_do_not_hide_nesting() -> None:
+    source = "[[[1]]].map(a, // )\n a.map(b, b.map(c, c)))"
+    with pytest.raises(ExpressionError, match="nests comprehensions deeper than 2"):
+        compile_expression(source)
+
+
+@pytest.mark.parametrize(
+    ("source", "depth"),
+    [
+        pytest.param("has(input.x) && size(input) > 0", 0, id="has-and-calls-are-not-loops"),
+        pytest.param("input.all(x, x > 0)", 1, id="all"),
+        pytest.param("input.existsOne(x, x > 0)", 1, id="existsOne"),
+        pytest.param("input.map(x, x > 0, x)", 1, id="map-with-filter"),
+        pytest.param("input.map(x, [x].exists_one(y, y == x))", 2, id="nested"),
+        pytest.param("input.filter(x, x > 0).map(x, x)", 1, id="chained"),
+        pytest.param("(input).map(x, [(x)].all(y, (y) > 0))", 2, id="parenthesized"),
+    ],
+)
+def test_comprehension_depth_is_counted_on_macro_calls(source: str, depth: int) -> None:
+    assert comprehension_nesting(tokenize(source)) == depth
+    assert compile_expression(source).comprehensions == depth
+
+
+def test_compile_time_facts() -> None:
+    expression = compile_expression('input.score > 0.5 && variables.name.matches("^a")')
+    assert expression.names == frozenset({"input", "variables"})
+    assert expression.tokens == 14
+    assert expression.comprehensions == 0
+    assert "matches" in expression.functions
+    assert compile_expression("1").tokens == 1
+    assert compile_expression("input.l.map(x, x)").names == frozenset({"input", "x"})
+
+
+def test_syntax_errors_are_reported_before_nesting() -> None:
+    with pytest.raises(ExpressionError, match="Syntax error"):
+        compile_expression('[1].map(a, a.map(b, b.map(c, c))) + "')

@@ -1,9 +1,10 @@
 """The safe expression language: CEL (Common Expression Language).
 
 CEL reads like the JavaScript the seed's frontend wrote (`output.score > 0.5 && output.ok`),
-has no side effects, no loops and no I/O, and every evaluation is bounded by the size of the
-expression and its data. Expressions are compiled once (see `compile_expression`) and then
-evaluated many times.
+has no side effects and no I/O; its only loops are the comprehension macros (`.all(`,
+`.map(`, ...), whose nesting is bounded. Expressions are compiled once (see
+`compile_expression`) and then evaluated many times; what an expression reads and how costly
+it can be (`names`, `tokens`, `comprehensions`, `functions`) is known from its compilation.
 """
 
 from __future__ import annotations
@@ -24,25 +25,92 @@ MAX_EXPRESSION_LENGTH = 4096
 # Comprehension macros are CEL's only iteration; nesting them is how an expression
 # could grow quadratic or worse, so the depth is bounded.
 MAX_COMPREHENSION_NESTING = 2
-_COMPREHENSIONS = re.compile(r"\.\s*(all|exists|exists_one|map|filter)\s*\(")
+# The receiver macros that loop. The package expands the first six; cel-go's two-variable
+# forms are listed too, so that a package upgrade that adds them cannot slip a loop through.
+MACROS = frozenset(
+    {
+        "all",
+        "exists",
+        "exists_one",
+        "existsOne",
+        "map",
+        "filter",
+        "transformList",
+        "transformMap",
+        "transformMapEntry",
+    }
+)
+# CEL's lexical grammar, one alternative per token kind, skipped text first. A string may
+# carry a bytes prefix and then a raw prefix (`b`, `r`, `br`, ...); a raw string has no
+# escapes, the others take a backslash and the character after it as one unit.
+_TOKEN = re.compile(
+    "|".join(
+        [
+            r"(?P<skip>[ \t\n\f\r]+|//[^\n]*)",
+            r"(?P<string>[bB]?(?:"
+            r"[rR](?:'''.*?'''|\"\"\".*?\"\"\"|'[^'\n\r]*'|\"[^\"\n\r]*\")"
+            r"|'''(?:\\.|[^\\])*?'''|\"\"\"(?:\\.|[^\\])*?\"\"\""
+            r"|'(?:\\.|[^'\\\n\r])*'|\"(?:\\.|[^\"\\\n\r])*\""
+            r"))",
+            r"(?P<number>\d*\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+"
+            r"|0[xX][0-9a-fA-F]+[uU]?|\d+[uU]?)",
+            r"(?P<ident>[_a-zA-Z][_a-zA-Z0-9]*)",
+            r"(?P<punct>==|!=|<=|>=|&&|\|\||.)",
+        ]
+    ),
+    re.DOTALL,
+)
+_OPENS = {"(": ")", "[": "]", "{": "}"}
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 
 
 class Expression:
-    """A compiled CEL expression."""
+    """A compiled CEL expression, with what is known of it before it runs."""
 
-    __slots__ = ("_names", "_program", "source")
+    __slots__ = ("_comprehensions", "_functions", "_names", "_program", "_tokens", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
-        _check_bounds(source)
+        if not source.strip():
+            raise ExpressionError("expression is empty")
+        if len(source) > MAX_EXPRESSION_LENGTH:
+            raise ExpressionError(f"expression is longer than {MAX_EXPRESSION_LENGTH} characters")
         try:
             self._program = cel.compile(source)
         except (ValueError, RuntimeError, TypeError) as exc:
             raise ExpressionError(_first_line(str(exc))) from exc
+        # Tokenized after CEL accepted the source, so the tokens are CEL's own.
+        tokens = tokenize(source)
+        self._comprehensions = comprehension_nesting(tokens)
+        if self._comprehensions > MAX_COMPREHENSION_NESTING:
+            raise ExpressionError(
+                f"expression nests comprehensions deeper than {MAX_COMPREHENSION_NESTING}"
+            )
+        self._tokens = max(1, len(tokens))
         # Only the names the expression uses are looked up: a context may compute its
         # values lazily, and most expressions need only one of them.
-        self._names = tuple(self._program.variables())
+        self._names = frozenset(self._program.variables())
+        self._functions = frozenset(self._program.functions())
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The variable names it reads (a comprehension's own variables among them)."""
+        return self._names
+
+    @property
+    def tokens(self) -> int:
+        """How many tokens it has: with its data's size, a bound on its work without loops."""
+        return self._tokens
+
+    @property
+    def comprehensions(self) -> int:
+        """How deeply its comprehension macros nest; 0 when it has none (and so no loop)."""
+        return self._comprehensions
+
+    @property
+    def functions(self) -> frozenset[str]:
+        """The functions and operators it calls (`size`, `matches`, `_+_`, ...)."""
+        return self._functions
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         """Evaluate against the named values; the result is plain JSON data."""
@@ -66,28 +134,43 @@ def compile_expression(source: str) -> Expression:
     return Expression(source)
 
 
-def _check_bounds(source: str) -> None:
-    if not source.strip():
-        raise ExpressionError("expression is empty")
-    if len(source) > MAX_EXPRESSION_LENGTH:
-        raise ExpressionError(f"expression is longer than {MAX_EXPRESSION_LENGTH} characters")
-    if _comprehension_nesting(source) > MAX_COMPREHENSION_NESTING:
-        raise ExpressionError(
-            f"expression nests comprehensions deeper than {MAX_COMPREHENSION_NESTING}"
-        )
+def tokenize(source: str) -> list[str]:
+    """The tokens of a CEL source, without whitespace and comments.
+
+    Parentheses inside string literals are text, not structure; only tokens show which
+    parenthesis closes which call.
+    """
+    tokens: list[str] = []
+    position = 0
+    while position < len(source):
+        match = _TOKEN.match(source, position)
+        assert match is not None  # the last alternative takes any one character
+        if match.lastgroup != "skip":
+            tokens.append(match.group())
+        position = match.end()
+    return tokens
 
 
-def _comprehension_nesting(source: str) -> int:
-    """How deeply comprehension macros (`.map(`, `.all(`, ...) sit inside one another."""
-    opens = {m.end() - 1 for m in _COMPREHENSIONS.finditer(source)}
-    stack: list[bool] = []
-    deepest = 0
-    for index, char in enumerate(source):
-        if char == "(":
-            stack.append(index in opens)
-            deepest = max(deepest, sum(stack))
-        elif char == ")" and stack:
-            stack.pop()
+def comprehension_nesting(tokens: list[str]) -> int:
+    """How deeply comprehension macro calls (`.map(`, `.all(`, ...) sit inside one another.
+
+    A macro call is `.` NAME `(`; the global `has(` and every other call are not loops.
+    """
+    closers: list[tuple[str, bool]] = []
+    depth = deepest = 0
+    for index, token in enumerate(tokens):
+        if token in _OPENS:
+            macro = (
+                token == "("
+                and index >= 2
+                and tokens[index - 2] == "."
+                and tokens[index - 1] in MACROS
+            )
+            closers.append((_OPENS[token], macro))
+            depth += macro
+            deepest = max(deepest, depth)
+        elif closers and token == closers[-1][0]:
+            depth -= closers.pop()[1]
     return deepest
 
 
@@ -97,6 +180,11 @@ def _first_line(text: str) -> str:
 
 def to_json(value: Any) -> Any:
     """Turn a CEL result into plain JSON data (timestamps become ISO 8601 text)."""
+    # Lists and maps first, by exact type: the checks below cost more per item.
+    if type(value) is list:
+        return [to_json(v) for v in value]
+    if type(value) is dict:
+        return {str(k): to_json(v) for k, v in value.items()}
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, Mapping):

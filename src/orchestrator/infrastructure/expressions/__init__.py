@@ -1,0 +1,1 @@
+"""Expression work under time, memory and size bounds."""
