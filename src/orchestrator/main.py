@@ -15,15 +15,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.application.executions import ExecutionServices
-from orchestrator.application.nodes import NodeRunner
+from orchestrator.application.nodes import NodeWork
 from orchestrator.application.ports import EventPublisher, RunnerSignals
+from orchestrator.domain.engine import Limits
 from orchestrator.domain.execution import WorkflowExecution
+from orchestrator.domain.values import ValueLimits
 from orchestrator.domain.workflow import Definition
 from orchestrator.infrastructure.clients.http import AgentClient, ToolClient, build_http_client
-from orchestrator.infrastructure.clients.retry import TenacityRetrier
+from orchestrator.infrastructure.clients.retry import TenacityRetrier, retry_conflicts
 from orchestrator.infrastructure.clock import SystemClock
 from orchestrator.infrastructure.db.engine import create_engine, migrate
 from orchestrator.infrastructure.db.repositories import SqlUnitOfWork
+from orchestrator.infrastructure.expressions.pool import BoundedEvaluator
 from orchestrator.infrastructure.realtime.publisher import SocketIOPublisher, build_server
 from orchestrator.infrastructure.runner.runner import Runner, RunnerConfig, lease_of, new_owner_id
 from orchestrator.infrastructure.runner.store import RunnerStore
@@ -55,6 +58,7 @@ class Runtime:
     engine: AsyncEngine
     http: httpx.AsyncClient
     runner: Runner | None
+    evaluator: BoundedEvaluator | None
     services: ExecutionServices
 
     @classmethod
@@ -68,6 +72,7 @@ class Runtime:
         http = build_http_client(settings.http_max_connections)
         clock = SystemClock()
         runner: Runner | None = None
+        evaluator: BoundedEvaluator | None = None
         if with_runner:
             config = RunnerConfig(
                 max_concurrent=settings.max_concurrent_executions,
@@ -76,15 +81,27 @@ class Runtime:
                 poll_interval_s=settings.poll_interval_ms / 1000,
                 max_recoveries=settings.max_recoveries,
                 execution_timeout_ms=settings.execution_timeout,
+                limits=Limits(
+                    ValueLimits(settings.max_value_depth, settings.max_node_output_bytes),
+                    settings.max_execution_state_bytes,
+                ),
             )
-            nodes = NodeRunner(
+            evaluator = BoundedEvaluator(
+                timeout_ms=settings.expression_timeout_ms,
+                workers=settings.expression_workers,
+                memory_mb=settings.expression_memory_mb,
+                max_result_bytes=settings.max_node_output_bytes,
+            )
+            await evaluator.start()
+            work = NodeWork(
                 AgentClient(http, settings.agent_service_url),
                 ToolClient(http, settings.tool_service_url),
                 TenacityRetrier(),
+                evaluator,
                 settings.max_retry_attempts,
             )
             store = RunnerStore(engine, new_owner_id(), lease_of(config))
-            runner = Runner(store, nodes, publisher, clock, config)
+            runner = Runner(store, work, publisher, clock, config)
             await runner.start()
         signals: RunnerSignals = runner if runner is not None else NoRunner()
         lease_for = runner.lease_for if runner is not None else None
@@ -93,14 +110,17 @@ class Runtime:
             clock=clock,
             publisher=publisher,
             signals=signals,
+            retry_conflicts=retry_conflicts,
             execution_timeout_s=settings.execution_timeout_s,
         )
-        return cls(settings, engine, http, runner, services)
+        return cls(settings, engine, http, runner, evaluator, services)
 
     async def stop(self) -> None:
         """Drain the runner, then close connections."""
         if self.runner is not None:
             await self.runner.stop(self.settings.shutdown_grace_seconds)
+        if self.evaluator is not None:
+            await self.evaluator.close()
         await self.http.aclose()
         await self.engine.dispose()
 

@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(20, gt=0)
     http_max_connections: int = Field(200, gt=0)
     max_subscriptions_per_client: int = Field(200, gt=0)
+    expression_timeout_ms: int = Field(1000, gt=0, le=600_000)
+    expression_workers: int = Field(2, ge=1, le=64)
+    expression_memory_mb: int = Field(512, ge=64, le=65_536)
+    max_value_depth: int = Field(64, ge=2, le=200)
+    max_node_output_bytes: int = Field(1_048_576, ge=1024)
+    max_execution_state_bytes: int = Field(16_777_216, ge=1024)
+    keep_alive_seconds: int = Field(75, ge=1, le=3600)
 
     @field_validator("cors_origin", mode="before")
     @classmethod

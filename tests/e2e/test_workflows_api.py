@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,8 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.flows import wait_until
+
 ENVELOPE_KEYS = {"statusCode", "error", "message", "path", "method", "timestamp"}
 ONE_MIB = 1_048_576
+# How pydantic writes a UTC datetime; every timestamp of every route is written so.
+UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
 
 
 def user() -> str:
@@ -76,6 +81,14 @@ def assert_envelope(response: httpx.Response, status: int, method: str, path: st
     for leak in ("Traceback", 'File "', "sqlalchemy", "asyncpg", "127.0.0.1"):
         assert leak not in text
     return body
+
+
+def nested(levels: int, leaf: Any = "leaf") -> Any:
+    """`levels` containers, alternating objects and arrays, around `leaf`."""
+    value = leaf
+    for level in range(levels):
+        value = {"k": value} if level % 2 else [value]
+    return value
 
 
 def parse_time(value: str) -> dt.datetime:
@@ -558,6 +571,153 @@ async def test_execute_of_an_unknown_workflow_is_a_404(api: httpx.AsyncClient) -
     assert body["message"] == f"Workflow {missing} not found"
     no_id = await api.post("/workflows/execute", json={"input": {}})
     assert_envelope(no_id, 400, "POST", "/workflows/execute")
+
+
+# Bounds on stored values, summaries, and one timestamp format
+
+
+async def test_a_config_nested_too_deep_is_refused_and_reads_keep_working(
+    api: httpx.AsyncClient,
+) -> None:
+    me = user()
+    deep = graph({"id": "deep", "type": "TRANSFORM", "config": {"template": nested(255)}})
+    problem = {
+        "path": "definition.nodes[1].config",
+        "message": "config is nested deeper than MAX_VALUE_DEPTH (64 levels)",
+    }
+
+    response = await api.post(
+        "/workflows", params={"userId": me}, json={"name": "deep", "definition": deep}
+    )
+
+    assert assert_envelope(response, 400, "POST", "/workflows")["details"] == [problem]
+    assert (await listed(api, userId=me))["total"] == 0
+    assert (await api.get("/workflows")).status_code == 200
+    validated = await api.post("/workflows/validate", json={"definition": deep})
+    assert validated.json() == {"valid": False, "problems": [problem]}
+    workflow = await create(api, me)
+    path = f"/workflows/{workflow['id']}"
+    patched = await api.patch(path, json={"definition": deep})
+    assert assert_envelope(patched, 400, "PATCH", path)["details"] == [problem]
+    assert (await api.get(path)).json() == workflow
+    at_the_bound = graph({"id": "t", "type": "TRANSFORM", "config": {"template": nested(63)}})
+    kept = await api.patch(path, json={"definition": at_the_bound})
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["definition"]["nodes"][1]["config"] == {"template": nested(63)}
+
+
+async def test_an_input_nested_too_deep_is_refused_and_reads_keep_working(
+    api: httpx.AsyncClient,
+) -> None:
+    me = user()
+    workflow = await create(api, me, status="ACTIVE")
+
+    response = await api.post(
+        "/workflows/execute",
+        params={"userId": me},
+        json={"workflowId": workflow["id"], "input": nested(254)},
+    )
+
+    body = assert_envelope(response, 400, "POST", "/workflows/execute")
+    assert body["message"] == "input is nested deeper than MAX_VALUE_DEPTH (64 levels)"
+    everyone = await api.get("/workflows/executions")
+    assert everyone.status_code == 200, everyone.text[:300]
+    mine = await api.get("/workflows/executions", params={"workflowId": workflow["id"]})
+    assert mine.json()["total"] == 0
+
+
+async def test_the_execution_list_leaves_out_values_unless_included(
+    api: httpx.AsyncClient,
+) -> None:
+    me = user()
+    workflow = await create(api, me, status="ACTIVE")
+    big = "v" * 100_000
+    ids = []
+    for _ in range(3):
+        started = await api.post(
+            "/workflows/execute",
+            params={"userId": me},
+            json={"workflowId": workflow["id"], "input": big},
+        )
+        assert started.status_code == 202, started.text[:300]
+        ids.append(started.json()["id"])
+    for execution_id in ids:
+        assert (await wait_until(api, execution_id))["status"] == "COMPLETED"
+
+    async def page(*include: str) -> httpx.Response:
+        params = httpx.QueryParams([("userId", me), *(("include", i) for i in include)])
+        response = await api.get("/workflows/executions", params=params)
+        assert response.status_code == 200, response.text[:300]
+        return response
+
+    summary = await page()
+    assert len(summary.content) < 20_000
+    executions = summary.json()["executions"]
+    assert [e["id"] for e in executions] == ids[::-1]
+    for execution in executions:
+        assert not {"input", "output"} & set(execution)
+        assert execution["status"] == "COMPLETED"
+        for node in execution["nodeExecutions"]:
+            assert not {"input", "output", "attempts"} & set(node)
+            assert (node["status"], node["retryCount"]) == ("COMPLETED", 0)
+            parse_time(node["completedAt"])
+
+    with_nodes = (await page("nodes")).json()["executions"][0]
+    assert not {"input", "output"} & set(with_nodes)
+    assert {n["nodeId"]: n["output"] for n in with_nodes["nodeExecutions"]}["shape"] == big
+    assert all(len(n["attempts"]) == 1 for n in with_nodes["nodeExecutions"][1:-1])
+    with_io = (await page("io")).json()["executions"][0]
+    assert (with_io["input"], with_io["output"]) == (big, big)
+    assert not {"input", "output", "attempts"} & set(with_io["nodeExecutions"][0])
+    full = await api.get(f"/workflows/executions/{ids[-1]}")
+    assert (await page("nodes,io")).json()["executions"][0] == full.json()
+    assert (await page("io", "nodes")).json()["executions"][0] == full.json()
+
+    for bad in ("everything", "nodes,bogus"):
+        response = await api.get("/workflows/executions", params={"include": bad})
+        body = assert_envelope(response, 400, "GET", "/workflows/executions")
+        assert body["details"][0]["path"] == "include"
+        assert body["details"][0]["in"] == "query"
+        assert "expected nodes or io" in body["details"][0]["message"]
+
+
+async def test_every_route_writes_times_alike_through_its_response_model(
+    api: httpx.AsyncClient,
+) -> None:
+    me = user()
+    workflow = await create(api, me, status="ACTIVE")
+    started = await api.post(
+        "/workflows/execute",
+        params={"userId": me},
+        json={"workflowId": workflow["id"], "input": {"n": 1}},
+    )
+    assert started.status_code == 202, started.text
+    done = await wait_until(api, started.json()["id"])
+    listed_one = (
+        await api.get("/workflows/executions", params={"userId": me, "include": "nodes,io"})
+    ).json()["executions"][0]
+    events = (await api.get(f"/workflows/executions/{done['id']}/events")).json()["events"]
+    schemas = (await api.get("/openapi.json")).json()["components"]["schemas"]
+
+    times = [workflow["createdAt"], workflow["updatedAt"]]
+    for execution in (started.json(), done, listed_one):
+        assert set(execution) == set(schemas["ExecutionOut"]["properties"])
+        times += [execution[k] for k in ("createdAt", "updatedAt", "deadlineAt")]
+        for node in execution["nodeExecutions"]:
+            assert set(node) == set(schemas["NodeExecutionOut"]["properties"])
+            times += [a["startedAt"] for a in node["attempts"]]
+    times += [done["startedAt"], done["completedAt"]]
+    times += [e["data"]["timestamp"] for e in events]
+    nodes = [n for e in events for n in e["data"].get("nodeExecutions", [])]
+    times += [n["completedAt"] for n in nodes if n["status"] == "COMPLETED"]
+    assert len(times) > 20
+    for value in times:
+        assert UTC_TIME.fullmatch(value), value
+    assert listed_one == done
+    required = set(schemas["ExecutionSummary"]["required"])
+    assert {"id", "status", "nodeExecutions"} <= required
+    assert not {"input", "output"} & required
+    assert not {"input", "output", "attempts"} & set(schemas["NodeSummary"]["required"])
 
 
 # Body limit

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orchestrator.application.ports import Page
+from orchestrator.application.events import render
+from orchestrator.application.ports import ExecutionDetail, ExecutionEvent, Page
 from orchestrator.domain.errors import Conflict
 from orchestrator.domain.execution import (
     ExecutionStatus,
@@ -235,6 +237,104 @@ async def test_saving_a_workflow_changed_since_it_was_read_is_a_conflict(
         current = await uow.workflows.get(workflow.id)
     assert current is not None
     assert (current.status, current.name) == (WorkflowStatus.ARCHIVED, "flow")
+
+
+async def test_archive_wins_over_an_edit_read_before_it_and_keeps_that_edit_out(
+    engine: AsyncEngine,
+) -> None:
+    workflow = await store_workflow(engine, new_workflow(status=WorkflowStatus.DRAFT))
+    later = T0 + dt.timedelta(minutes=1)
+
+    async with SqlUnitOfWork(engine) as slow:
+        stale = await slow.workflows.get(workflow.id)
+        assert stale is not None
+        async with SqlUnitOfWork(engine) as uow:
+            archived = await uow.workflows.archive(workflow.id, later)
+            await uow.commit()
+        stale.name = "renamed"
+        with pytest.raises(Conflict):
+            await slow.workflows.save(stale, new_version=False)
+
+    assert archived == replace(workflow, status=WorkflowStatus.ARCHIVED, updated_at=later)
+    async with SqlUnitOfWork(engine) as uow:
+        assert await uow.workflows.get(workflow.id) == archived
+        again = await uow.workflows.archive(workflow.id, later + dt.timedelta(minutes=1))
+        assert await uow.workflows.archive(str(uuid.uuid4()), later) is None
+    assert again == archived
+
+
+async def test_archive_after_an_edit_archives_the_edited_workflow(engine: AsyncEngine) -> None:
+    workflow = await store_workflow(engine, new_workflow())
+    edited_at = T0 + dt.timedelta(minutes=1)
+    archived_at = T0 + dt.timedelta(minutes=2)
+
+    async with SqlUnitOfWork(engine) as archiving:
+        before = await archiving.workflows.get(workflow.id)
+        assert before is not None
+        async with SqlUnitOfWork(engine) as editing:
+            edited = await editing.workflows.get(workflow.id)
+            assert edited is not None
+            edited.name = "edited"
+            assert edited.replace_definition(definition(transform("other")), edited_at)
+            await editing.workflows.save(edited, new_version=True)
+            await editing.commit()
+        archived = await archiving.workflows.archive(workflow.id, archived_at)
+        await archiving.commit()
+
+    assert archived is not None
+    assert (archived.name, archived.version, archived.status) == (
+        "edited",
+        2,
+        WorkflowStatus.ARCHIVED,
+    )
+    assert archived.definition.nodes == edited.definition.nodes
+    assert archived.updated_at == archived_at
+
+
+async def waiting_on_a_lock(engine: AsyncEngine) -> bool:
+    """True once some statement on this PostgreSQL database waits for a lock."""
+    async with engine.connect() as connection:
+        waiting = await connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return bool(waiting)
+
+
+async def test_archive_waits_for_an_edit_in_flight_and_archives_after_it(
+    engine: AsyncEngine,
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: no edit is in flight beside another")
+    workflow = await store_workflow(engine, new_workflow())
+    archived_at = T0 + dt.timedelta(minutes=2)
+
+    async def archive() -> Workflow | None:
+        async with SqlUnitOfWork(engine) as uow:
+            archived = await uow.workflows.archive(workflow.id, archived_at)
+            await uow.commit()
+        return archived
+
+    async with SqlUnitOfWork(engine) as editing:
+        edited = await editing.workflows.get(workflow.id)
+        assert edited is not None
+        edited.name = "edited"
+        edited.updated_at = T0 + dt.timedelta(minutes=1)
+        await editing.workflows.save(edited, new_version=False)
+        archiving = asyncio.create_task(archive())
+        deadline = asyncio.get_running_loop().time() + 30
+        while not await waiting_on_a_lock(engine):  # the archive waits on the edited row
+            assert asyncio.get_running_loop().time() < deadline
+            assert not archiving.done()
+            await asyncio.sleep(0.02)
+        await editing.commit()
+    archived = await asyncio.wait_for(archiving, timeout=30)
+
+    assert archived is not None
+    assert (archived.name, archived.status) == ("edited", WorkflowStatus.ARCHIVED)
+    assert archived.updated_at == archived_at
 
 
 async def test_a_workflow_can_be_saved_twice_in_one_unit_of_work(engine: AsyncEngine) -> None:
@@ -487,6 +587,46 @@ async def test_execution_pages_filter_and_are_newest_first(engine: AsyncEngine) 
         assert list(execution.nodes) == ["zstart", "mid", "aend"]
 
 
+async def test_an_execution_page_loads_values_only_when_asked(engine: AsyncEngine) -> None:
+    workflow = await store_workflow(engine, new_workflow())
+    execution = new_execution(workflow, status=ExecutionStatus.RUNNING, node_input={"in": 1})
+    execution.output = {"out": 2}
+    execution.error = "an error"
+    node = execution.nodes["mid"]
+    node.start_attempt(1, T0)
+    node.input = {"node in": 3}
+    node.output = {"node out": 4}
+    await store_execution(engine, execution)
+
+    async def listed(detail: ExecutionDetail) -> WorkflowExecution:
+        async with SqlUnitOfWork(engine) as uow:
+            items, total = await uow.executions.list_page(
+                Page(1, 10), workflow.id, None, None, detail
+            )
+        assert total == 1
+        return items[0]
+
+    full = await listed(ExecutionDetail())
+    bare = await listed(ExecutionDetail(nodes=False, io=False))
+    nodes_only = await listed(ExecutionDetail(nodes=True, io=False))
+    io_only = await listed(ExecutionDetail(nodes=False, io=True))
+
+    assert full == await load_execution(engine, execution.id)
+    assert nodes_only.nodes == full.nodes
+    assert (io_only.input, io_only.output) == ({"in": 1}, {"out": 2})
+    for summary in (bare, nodes_only):
+        assert (summary.input, summary.output) == (None, None)
+    for summary in (bare, io_only):
+        mid = summary.nodes["mid"]
+        assert (mid.input, mid.output, mid.attempts) == (None, None, [])
+        assert (mid.status, mid.retry_count, mid.started_at) == (NodeStatus.RUNNING, 0, T0)
+    for summary in (bare, nodes_only, io_only):
+        assert list(summary.nodes) == list(full.nodes)
+        assert replace(summary, input=None, output=None, nodes={}) == replace(
+            full, input=None, output=None, nodes={}
+        )
+
+
 # Cancel and events
 
 
@@ -506,10 +646,17 @@ async def running_execution(engine: AsyncEngine) -> WorkflowExecution:
     return execution
 
 
-async def cancel(engine: AsyncEngine, execution: WorkflowExecution, now: dt.datetime) -> None:
+async def cancel(
+    engine: AsyncEngine, execution: WorkflowExecution, now: dt.datetime
+) -> tuple[bool, list[ExecutionEvent]]:
+    """What the cancel use case writes: the domain's cancel, fenced on the seq it read."""
+    previous = execution.last_seq
+    nodes = [n for n in execution.nodes.values() if not n.status.terminal]
+    events = render(execution, execution.cancel(now))
     async with SqlUnitOfWork(engine) as uow:
-        await uow.executions.cancel(execution, now)
+        written = await uow.executions.write_step(execution, previous, nodes, events)
         await uow.commit()
+    return written, events
 
 
 async def stored_node_statuses(engine: AsyncEngine, execution_id: str) -> dict[str, str]:
@@ -528,16 +675,9 @@ async def test_cancel_stores_the_status_the_nodes_and_numbered_events(
     execution = await running_execution(engine)
     now = T0 + dt.timedelta(seconds=30)
 
-    async with SqlUnitOfWork(engine) as uow:
-        current = await uow.executions.get(execution.id)
-        assert current is not None
-        current.move(ExecutionStatus.CANCELLED, now)
-        current.error = "Cancelled by request"
-        for node in current.nodes.values():
-            if not node.status.terminal:
-                node.move(NodeStatus.CANCELLED, now)
-        events = await uow.executions.cancel(current, now)
-        await uow.commit()
+    written, events = await cancel(engine, await load_execution(engine, execution.id), now)
+
+    assert written
 
     # One node:update for the node that was running, then the execution:update.
     assert [(e.seq, e.name) for e in events] == [(4, "node:update"), (5, "execution:update")]
@@ -570,7 +710,7 @@ async def test_cancel_stores_the_status_the_nodes_and_numbered_events(
     assert limited == events[:1]
 
 
-async def test_cancel_of_an_execution_that_finished_meanwhile_is_a_conflict(
+async def test_cancel_of_an_execution_that_finished_meanwhile_writes_nothing(
     engine: AsyncEngine,
 ) -> None:
     execution = await running_execution(engine)
@@ -585,9 +725,9 @@ async def test_cancel_of_an_execution_that_finished_meanwhile_is_a_conflict(
     stale.status = ExecutionStatus.RUNNING
     before = await stored_node_statuses(engine, execution.id)
 
-    with pytest.raises(Conflict):
-        await cancel(engine, stale, T0 + dt.timedelta(seconds=30))
+    written, _ = await cancel(engine, stale, T0 + dt.timedelta(seconds=30))
 
+    assert not written
     assert await stored_node_statuses(engine, execution.id) == before
     assert before["mid"] == NodeStatus.RUNNING.value
     async with engine.connect() as connection:
@@ -596,17 +736,13 @@ async def test_cancel_of_an_execution_that_finished_meanwhile_is_a_conflict(
     assert (await load_execution(engine, execution.id)).status == ExecutionStatus.COMPLETED
 
 
-async def test_cancel_twice_through_the_repository_is_a_conflict(engine: AsyncEngine) -> None:
+async def test_a_step_written_over_a_stale_seq_writes_nothing(engine: AsyncEngine) -> None:
     execution = await running_execution(engine)
     now = T0 + dt.timedelta(seconds=30)
-    async with SqlUnitOfWork(engine) as uow:
-        current = await uow.executions.get(execution.id)
-        assert current is not None
-        await uow.executions.cancel(current, now)
-        await uow.commit()
+    stale = await load_execution(engine, execution.id)
+    assert (await cancel(engine, await load_execution(engine, execution.id), now))[0]
 
-    with pytest.raises(Conflict):
-        await cancel(engine, execution, now)
+    assert not (await cancel(engine, stale, now))[0]
 
     async with SqlUnitOfWork(engine) as uow:
         assert len(await uow.executions.events(execution.id, 0, 100)) == 2

@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orchestrator.application.events import render
 from orchestrator.application.ports import ExecutionEvent
-from orchestrator.application.views import execution_update, node_update
+from orchestrator.domain.engine import Step
 from orchestrator.domain.execution import (
     ExecutionStatus,
     NodeExecution,
@@ -169,6 +170,23 @@ async def test_an_expired_lease_is_claimed_by_another_owner_as_a_recovery(
     assert lease.lease_expires_at == AFTER_LEASE + LEASE
 
 
+async def test_every_takeover_of_a_lease_not_given_back_is_a_recovery_even_by_its_owner(
+    engine: AsyncEngine,
+) -> None:
+    # A runner whose driver died keeps no heartbeat for it: it takes the execution back at
+    # expiry, and that counts, so that an execution that kills its driver every time reaches
+    # MAX_RECOVERIES instead of being taken back for ever.
+    (execution_id,) = await pending(engine)
+    runner = store(engine, "runner-a")
+    await runner.claim(10, T0)
+
+    again = await runner.claim(10, AFTER_LEASE)
+    once_more = await runner.claim(10, AFTER_LEASE + LEASE + LEASE)
+
+    assert again == [Claim(execution_id, token=2, recoveries=1)]
+    assert once_more == [Claim(execution_id, token=3, recoveries=2)]
+
+
 async def test_an_execution_inserted_with_a_lease_is_held_by_that_runner(
     engine: AsyncEngine,
 ) -> None:
@@ -269,12 +287,7 @@ async def test_a_heartbeat_reports_a_cancelled_execution(engine: AsyncEngine) ->
     (execution_id,) = await pending(engine)
     runner = store(engine, "runner-a")
     claims = await runner.claim(10, T0)
-    async with SqlUnitOfWork(engine) as uow:
-        execution = await uow.executions.get(execution_id)
-        assert execution is not None
-        execution.move(ExecutionStatus.CANCELLED, T0)
-        await uow.executions.cancel(execution, T0)
-        await uow.commit()
+    await cancel(engine, execution_id)
 
     assert await runner.heartbeat(claims, T0 + dt.timedelta(seconds=1)) == {execution_id}
     assert (await lease_of(engine, execution_id)).status == ExecutionStatus.CANCELLED.value
@@ -285,37 +298,38 @@ async def test_a_heartbeat_reports_a_cancelled_execution(engine: AsyncEngine) ->
 
 async def step(
     runner: RunnerStore, claim: Claim, now: dt.datetime
-) -> tuple[Any, int, list[NodeExecution], list[ExecutionEvent]]:
+) -> tuple[Any, Step, list[ExecutionEvent]]:
     """The first step of an execution: it starts running and so does its START node."""
     loaded = await runner.load(claim.execution_id)
     assert loaded is not None
     execution, definition = loaded
     assert [n.id for n in definition.nodes] == ["start", "work", "end"]
-    previous = execution.last_seq
-    execution.move(ExecutionStatus.RUNNING, now)
-    start = execution.nodes["start"]
-    start.move(NodeStatus.RUNNING, now)
-    start.input = {"n": 0}
-    execution.current_node_id = "start"
-    execution.last_seq = previous + 2
-    events = [
-        ExecutionEvent(
-            execution.id, previous + 1, "node:update", node_update(execution.id, start, 1, now)
-        ),
-        ExecutionEvent(
-            execution.id, previous + 2, "execution:update", execution_update(execution, 2, now)
-        ),
-    ]
-    return execution, previous, [start], events
+    pending_step = Step(previous_seq=execution.last_seq)
+    pending_step.events += execution.begin(now)
+    pending_step.events += execution.start_node("start", 1, {"n": 0}, now)
+    pending_step.nodes["start"] = execution.nodes["start"]
+    return execution, pending_step, render(execution, pending_step.events)
+
+
+async def cancel(engine: AsyncEngine, execution_id: str) -> None:
+    """What the cancel route writes."""
+    async with SqlUnitOfWork(engine) as uow:
+        execution = await uow.executions.get(execution_id)
+        assert execution is not None
+        previous = execution.last_seq
+        nodes = list(execution.nodes.values())
+        events = render(execution, execution.cancel(T0))
+        assert await uow.executions.write_step(execution, previous, nodes, events)
+        await uow.commit()
 
 
 async def test_a_commit_under_a_held_lease_writes_the_step(engine: AsyncEngine) -> None:
     (execution_id,) = await pending(engine)
     runner = store(engine, "runner-a")
     (claim,) = await runner.claim(1, T0)
-    execution, previous, nodes, events = await step(runner, claim, T0)
+    execution, first, events = await step(runner, claim, T0)
 
-    await runner.commit(claim, execution, previous, nodes, events, T0)
+    await runner.commit(claim, execution, first, events)
 
     lease = await lease_of(engine, execution_id)
     assert lease.status == ExecutionStatus.RUNNING.value
@@ -334,11 +348,11 @@ async def test_a_commit_with_a_stale_token_raises_and_writes_nothing(engine: Asy
     runner = store(engine, "runner-a")
     (stale,) = await runner.claim(1, T0)
     await store(engine, "runner-b").claim(1, AFTER_LEASE)
-    execution, previous, nodes, events = await step(runner, stale, AFTER_LEASE)
+    execution, first, events = await step(runner, stale, AFTER_LEASE)
     before = await node_rows(engine, execution_id)
 
     with pytest.raises(LeaseLost):
-        await runner.commit(stale, execution, previous, nodes, events, AFTER_LEASE)
+        await runner.commit(stale, execution, first, events)
 
     lease = await lease_of(engine, execution_id)
     assert lease.status == ExecutionStatus.PENDING.value
@@ -354,11 +368,12 @@ async def test_a_commit_with_a_stale_previous_seq_raises_and_writes_nothing(
     (execution_id,) = await pending(engine)
     runner = store(engine, "runner-a")
     (claim,) = await runner.claim(1, T0)
-    execution, previous, nodes, events = await step(runner, claim, T0)
+    execution, first, events = await step(runner, claim, T0)
     before = await node_rows(engine, execution_id)
 
+    first.previous_seq += 1
     with pytest.raises(LeaseLost):
-        await runner.commit(claim, execution, previous + 1, nodes, events, T0)
+        await runner.commit(claim, execution, first, events)
 
     lease = await lease_of(engine, execution_id)
     assert lease.status == ExecutionStatus.PENDING.value
@@ -371,18 +386,13 @@ async def test_a_commit_after_a_cancel_raises_and_writes_nothing(engine: AsyncEn
     (execution_id,) = await pending(engine)
     runner = store(engine, "runner-a")
     (claim,) = await runner.claim(1, T0)
-    execution, previous, nodes, events = await step(runner, claim, T0)
-    async with SqlUnitOfWork(engine) as uow:
-        current = await uow.executions.get(execution_id)
-        assert current is not None
-        current.move(ExecutionStatus.CANCELLED, T0)
-        await uow.executions.cancel(current, T0)
-        await uow.commit()
+    execution, first, events = await step(runner, claim, T0)
+    await cancel(engine, execution_id)
     # The cancel wrote its own event; a step computed on the old seq must not land after it.
     before = await node_rows(engine, execution_id)
 
     with pytest.raises(LeaseLost):
-        await runner.commit(claim, execution, previous, nodes, events, T0)
+        await runner.commit(claim, execution, first, events)
 
     assert (await lease_of(engine, execution_id)).status == ExecutionStatus.CANCELLED.value
     assert await node_rows(engine, execution_id) == before
@@ -393,11 +403,11 @@ async def test_a_finishing_commit_gives_the_lease_up(engine: AsyncEngine) -> Non
     (execution_id,) = await pending(engine)
     runner = store(engine, "runner-a")
     (claim,) = await runner.claim(1, T0)
-    execution, previous, nodes, events = await step(runner, claim, T0)
+    execution, first, events = await step(runner, claim, T0)
     execution.move(ExecutionStatus.FAILED, T0)
     execution.error = "boom"
 
-    await runner.commit(claim, execution, previous, nodes, events, T0)
+    await runner.commit(claim, execution, first, events)
 
     lease = await lease_of(engine, execution_id)
     assert lease.status == ExecutionStatus.FAILED.value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from orchestrator.domain.engine import CompiledWorkflow, Run, Skip
+from orchestrator.domain.engine import CompiledWorkflow
 from orchestrator.domain.execution import (
     ExecutionStatus,
     NodeExecution,
@@ -52,9 +52,17 @@ def start(execution: WorkflowExecution, node_id: str) -> None:
     execution.nodes[node_id].start_attempt(1, T0)
 
 
-def finish(execution: WorkflowExecution, node_id: str, output: Any) -> None:
-    """Complete a node through the transition table, recording its place in the finish order."""
+def finish(
+    execution: WorkflowExecution,
+    node_id: str,
+    output: Any,
+    workflow: CompiledWorkflow | None = None,
+) -> None:
+    """Complete a node through the transition table, recording its place in the finish order
+    and (given the workflow) taking every outgoing edge."""
     node = execution.nodes[node_id]
+    if workflow is not None:
+        node.routes = [edge.id for edge in workflow.outgoing[node_id]]
     if node.status == NodeStatus.PENDING:
         start(execution, node_id)
     node.output = output
@@ -63,9 +71,3 @@ def finish(execution: WorkflowExecution, node_id: str, output: Any) -> None:
         default=-1,
     )
     node.move(NodeStatus.COMPLETED, T0)
-
-
-def apply_skips(execution: WorkflowExecution, decisions: list[Run | Skip]) -> None:
-    for decision in decisions:
-        if isinstance(decision, Skip):
-            execution.nodes[decision.node_id].move(NodeStatus.SKIPPED, T0)

@@ -6,18 +6,21 @@ import copy
 import datetime as dt
 
 from orchestrator.application.ports import (
+    FULL_DETAIL,
+    ExecutionDetail,
     ExecutionEvent,
     ExecutionRepository,
     Page,
     VersionRecord,
     WorkflowRepository,
 )
-from orchestrator.domain.execution import ExecutionStatus, WorkflowExecution
+from orchestrator.domain.execution import ExecutionStatus, NodeExecution, WorkflowExecution
 from orchestrator.domain.workflow import Definition, Workflow, WorkflowStatus
 
 
 class FakeWorkflowRepository:
-    """Workflows in a dict; copies in and out, so only `add`/`save` change what is stored."""
+    """Workflows in a dict; copies in and out, so only `add`/`save`/`archive` change what is
+    stored."""
 
     def __init__(self) -> None:
         self.rows: dict[str, Workflow] = {}
@@ -51,6 +54,15 @@ class FakeWorkflowRepository:
             self.version_rows[workflow.id].append(
                 VersionRecord(workflow.version, workflow.definition, workflow.updated_at)
             )
+
+    async def archive(self, workflow_id: str, now: dt.datetime) -> Workflow | None:
+        row = self.rows.get(workflow_id)
+        if row is None:
+            return None
+        if row.status != WorkflowStatus.ARCHIVED:
+            row.status = WorkflowStatus.ARCHIVED
+            row.updated_at = now
+        return copy.deepcopy(row)
 
     async def versions(self, workflow_id: str) -> list[VersionRecord]:
         return list(self.version_rows.get(workflow_id, []))
@@ -88,6 +100,7 @@ class FakeExecutionRepository:
         workflow_id: str | None,
         status: ExecutionStatus | None,
         user_id: str | None,
+        detail: ExecutionDetail = FULL_DETAIL,
     ) -> tuple[list[WorkflowExecution], int]:
         matching = [
             x
@@ -103,9 +116,19 @@ class FakeExecutionRepository:
         events = self.events_by_execution.get(execution_id, [])
         return [ev for ev in events if ev.seq > after_seq][:limit]
 
-    async def cancel(self, execution: WorkflowExecution, now: dt.datetime) -> list[ExecutionEvent]:
+    async def write_step(
+        self,
+        execution: WorkflowExecution,
+        previous_seq: int,
+        nodes: list[NodeExecution],
+        events: list[ExecutionEvent],
+    ) -> bool:
+        stored = self.rows[execution.id]
+        if stored.finished or stored.last_seq != previous_seq:
+            return False
         self.rows[execution.id] = copy.deepcopy(execution)
-        return []
+        self.events_by_execution.setdefault(execution.id, []).extend(events)
+        return True
 
 
 class FakeUnitOfWork:

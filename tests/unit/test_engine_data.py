@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.domain.engine import CompiledWorkflow, Run, variables
+from orchestrator.domain.engine import CompiledWorkflow, tool_parameters, variables
+from orchestrator.domain.evaluation import run
 from orchestrator.domain.execution import NodeStatus, WorkflowExecution
 from tests.unit.engine_builders import (
     END,
@@ -21,6 +22,22 @@ from tests.unit.engine_builders import (
     new_execution,
     start,
 )
+
+
+def node_input(wf: CompiledWorkflow, ex: WorkflowExecution, node_id: str) -> Any:
+    """The node's default input, through its input mapping when it has one."""
+    default = wf.default_input(node_id, ex)
+    work = wf.job(node_id, "inputMapping", ex, default)
+    return default if work is None else run(work[0])
+
+
+def transform(wf: CompiledWorkflow, ex: WorkflowExecution, node_id: str, value: Any) -> Any:
+    """What a TRANSFORM node outputs for `value`."""
+    for key in ("expression", "template"):
+        work = wf.job(node_id, key, ex, value)
+        if work is not None:
+            return run(work[0])
+    return value
 
 
 def test_input_mapping_resolves_references_expressions_and_literals() -> None:
@@ -42,10 +59,10 @@ def test_input_mapping_resolves_references_expressions_and_literals() -> None:
         [e("s", "a"), e("a", "m"), e("m", "end")],
     )
     ex = new_execution(wf, {"x": 3, "a": {"b": "deep"}})
-    finish(ex, "s", {"x": 3, "a": {"b": "deep"}})
-    finish(ex, "a", {"field": "F", "x": 7})
+    finish(ex, "s", {"x": 3, "a": {"b": "deep"}}, wf)
+    finish(ex, "a", {"field": "F", "x": 7}, wf)
 
-    assert wf.node_input(Run("m", ("a",)), ex) == {
+    assert node_input(wf, ex, "m") == {
         "x": 7,
         "deep": "deep",
         "prev": {"field": "F", "x": 7},
@@ -66,7 +83,7 @@ def test_input_mapping_on_start_sees_the_execution_input() -> None:
         [e("s", "e")],
     )
     ex = new_execution(wf, {"query": "cats"})
-    assert wf.node_input(Run("s"), ex) == {"q": "cats", "all": {"query": "cats"}}
+    assert node_input(wf, ex, "s") == {"q": "cats", "all": {"query": "cats"}}
 
 
 def test_variables_merge_object_outputs_in_finish_order() -> None:
@@ -98,7 +115,7 @@ def transform_workflow(**config: Any) -> tuple[CompiledWorkflow, WorkflowExecuti
         [n("s", START), n("t", TRANSFORM, **config), n("end", END)], [e("s", "t"), e("t", "end")]
     )
     ex = new_execution(wf, {"name": "ada", "x": 2})
-    finish(ex, "s", {"name": "ada", "x": 2})
+    finish(ex, "s", {"name": "ada", "x": 2}, wf)
     return wf, ex
 
 
@@ -107,7 +124,7 @@ def test_transform_expression_sees_input_variables_and_outputs() -> None:
         expression='{"hi": "hi " + input.name, "sum": input.x + variables.x + outputs.s.x}',
         template={"ignored": True},
     )
-    assert wf.transform("t", {"name": "bob", "x": 10}, ex) == {"hi": "hi bob", "sum": 14}
+    assert transform(wf, ex, "t", {"name": "bob", "x": 10}) == {"hi": "hi bob", "sum": 14}
 
 
 def test_transform_template_is_resolved_recursively() -> None:
@@ -118,7 +135,7 @@ def test_transform_template_is_resolved_recursively() -> None:
             "n": [1, "$variables.x"],
         }
     )
-    assert wf.transform("t", {"name": "bob"}, ex) == {
+    assert transform(wf, ex, "t", {"name": "bob"}) == {
         "greeting": "Hello bob",
         "start": {"name": "ada", "x": 2},
         "n": [1, 2],
@@ -127,13 +144,13 @@ def test_transform_template_is_resolved_recursively() -> None:
 
 def test_transform_without_expression_or_template_passes_its_input_through() -> None:
     wf, ex = transform_workflow(inputMapping={"who": "$variables.name"})
-    node_input = wf.node_input(Run("t", ("s",)), ex)
-    assert node_input == {"who": "ada"}
-    assert wf.transform("t", node_input, ex) == {"who": "ada"}
+    value = node_input(wf, ex, "t")
+    assert value == {"who": "ada"}
+    assert transform(wf, ex, "t", value) == {"who": "ada"}
 
 
 @pytest.mark.parametrize(
-    ("node_input", "parameters", "expected"),
+    ("given", "parameters", "expected"),
     [
         pytest.param(
             {"q": "cats", "n": 1},
@@ -148,7 +165,7 @@ def test_transform_without_expression_or_template_passes_its_input_through() -> 
     ],
 )
 def test_tool_parameters_merge_config_over_input(
-    node_input: Any, parameters: dict[str, Any] | None, expected: dict[str, Any]
+    given: Any, parameters: dict[str, Any] | None, expected: dict[str, Any]
 ) -> None:
     config: dict[str, Any] = {"toolId": "search"}
     if parameters is not None:
@@ -157,8 +174,9 @@ def test_tool_parameters_merge_config_over_input(
         [n("s", START), n("t", TOOL, **config), n("end", END)], [e("s", "t"), e("t", "end")]
     )
     ex = new_execution(wf, {"lang": "fr"})
-    finish(ex, "s", {"lang": "fr"})
-    assert wf.tool_parameters("t", node_input, ex) == expected
+    finish(ex, "s", {"lang": "fr"}, wf)
+    work = wf.job("t", "parameters", ex, given)
+    assert tool_parameters(given, None if work is None else run(work[0])) == expected
 
 
 def two_ends() -> CompiledWorkflow:
@@ -182,7 +200,6 @@ def test_output_with_one_completed_end_of_two_is_that_end() -> None:
     finish(ex, "s", 1)
     ex.nodes["end1"].move(NodeStatus.SKIPPED, T0)
     finish(ex, "end2", {"v": 2})
-    assert wf.is_complete(ex) is True
     assert wf.output(ex) == {"v": 2}
 
 

@@ -9,15 +9,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.application.access import visible
+from orchestrator.application.events import render
 from orchestrator.application.ports import (
+    FULL_DETAIL,
     Clock,
+    ConflictRetry,
     EventPublisher,
+    ExecutionDetail,
     ExecutionEvent,
     Page,
     RunnerSignals,
     UnitOfWorkFactory,
 )
-from orchestrator.domain.errors import Conflict, NotFound
+from orchestrator.domain.errors import ConcurrentChange, Conflict, NotFound
 from orchestrator.domain.execution import (
     ExecutionStatus,
     NodeExecution,
@@ -37,6 +41,7 @@ class ExecutionServices:
     clock: Clock
     publisher: EventPublisher
     signals: RunnerSignals
+    retry_conflicts: ConflictRetry
     execution_timeout_s: float
 
 
@@ -120,10 +125,12 @@ async def list_executions(
     workflow_id: str | None,
     status: ExecutionStatus | None,
     user_id: str | None,
+    detail: ExecutionDetail = FULL_DETAIL,
 ) -> tuple[list[WorkflowExecution], int]:
-    """One page of executions, newest first, with the total count."""
+    """One page of executions, newest first, with the total count; `detail` says what each
+    carries."""
     async with services.uow_factory() as uow:
-        return await uow.executions.list_page(page, workflow_id, status, user_id)
+        return await uow.executions.list_page(page, workflow_id, status, user_id, detail)
 
 
 async def cancel_execution(
@@ -131,24 +138,28 @@ async def cancel_execution(
 ) -> None:
     """Cancel at once: in-flight calls are abandoned and nothing after them runs.
 
-    Cancelling a cancelled execution is fine; a COMPLETED or FAILED one is a Conflict.
+    Cancelling a cancelled execution is fine; a COMPLETED or FAILED one is a Conflict. The
+    write is fenced like a runner's step: if the runner wrote in between, it is decided again.
     """
-    async with services.uow_factory() as uow:
-        execution = await uow.executions.get(execution_id)
-        if execution is None or not visible(execution.user_id, user_id):
-            raise NotFound("Execution", execution_id)
-        if execution.status == ExecutionStatus.CANCELLED:
-            return
-        if execution.status.terminal:
-            raise Conflict(f"Execution {execution_id} is already {execution.status}")
-        now = services.clock.now()
-        execution.move(ExecutionStatus.CANCELLED, now)
-        execution.error = "Cancelled by request"
-        for node in execution.nodes.values():
-            if node.status in (NodeStatus.PENDING, NodeStatus.RUNNING):
-                node.move(NodeStatus.CANCELLED, now)
-        events = await uow.executions.cancel(execution, now)
-        await uow.commit()
+
+    async def attempt() -> list[ExecutionEvent]:
+        async with services.uow_factory() as uow:
+            execution = await uow.executions.get(execution_id)
+            if execution is None or not visible(execution.user_id, user_id):
+                raise NotFound("Execution", execution_id)
+            if execution.status == ExecutionStatus.CANCELLED:
+                return []
+            if execution.status.terminal:
+                raise Conflict(f"Execution {execution_id} is already {execution.status}")
+            previous_seq = execution.last_seq
+            unfinished = [n for n in execution.nodes.values() if not n.status.terminal]
+            events = render(execution, execution.cancel(services.clock.now()))
+            if not await uow.executions.write_step(execution, previous_seq, unfinished, events):
+                raise ConcurrentChange(f"Execution {execution_id} changed while cancelling")
+            await uow.commit()
+            return events
+
+    events = await services.retry_conflicts(attempt)
     services.signals.cancelled(execution_id)
     await services.publisher.publish(events)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from orchestrator.domain.execution import ExecutionStatus, WorkflowExecution
+from orchestrator.domain.evaluation import Analysis, Job
+from orchestrator.domain.execution import ExecutionStatus, NodeExecution, WorkflowExecution
 from orchestrator.domain.retry import RetryPolicy
 from orchestrator.domain.workflow import Definition, Workflow, WorkflowStatus
+
+T = TypeVar("T")
 
 
 class InvocationError(Exception):
@@ -73,6 +76,17 @@ class Retrier(Protocol):
     ) -> Any: ...
 
 
+class Evaluator(Protocol):
+    """Carries out expression work under a time limit and a bound on the result's size.
+
+    Raises ExpressionError when the expression fails or breaks a limit (the message names it);
+    any other error means the evaluator itself is unavailable (say, it is shutting down), and
+    is not the expression's fault.
+    """
+
+    async def evaluate(self, job: Job, analysis: Analysis) -> Any: ...
+
+
 class Clock(Protocol):
     """The time, in UTC."""
 
@@ -90,6 +104,19 @@ class Page:
     def offset(self) -> int:
         """Rows to skip."""
         return (self.page - 1) * self.limit
+
+
+@dataclass(frozen=True)
+class ExecutionDetail:
+    """What a page of executions carries besides their states: the nodes' inputs, outputs and
+    attempts (`nodes`) and the executions' inputs and outputs (`io`); left out, they are not
+    even loaded, and read as None (attempts as [])."""
+
+    nodes: bool = True
+    io: bool = True
+
+
+FULL_DETAIL = ExecutionDetail()
 
 
 @dataclass(frozen=True)
@@ -124,6 +151,11 @@ class WorkflowRepository(Protocol):
 
     async def save(self, workflow: Workflow, new_version: bool) -> None: ...
 
+    async def archive(self, workflow_id: str, now: dt.datetime) -> Workflow | None:
+        """Archive the workflow in one statement unless it already is (whatever changed since
+        it was read); the workflow as stored then, or None when there is none."""
+        ...
+
     async def versions(self, workflow_id: str) -> list[VersionRecord]: ...
 
     async def definition(self, workflow_id: str, version: int) -> Definition | None: ...
@@ -144,14 +176,22 @@ class ExecutionRepository(Protocol):
         workflow_id: str | None,
         status: ExecutionStatus | None,
         user_id: str | None,
+        detail: ExecutionDetail = FULL_DETAIL,
     ) -> tuple[list[WorkflowExecution], int]: ...
 
     async def events(
         self, execution_id: str, after_seq: int, limit: int
     ) -> list[ExecutionEvent]: ...
 
-    async def cancel(self, execution: WorkflowExecution, now: dt.datetime) -> list[ExecutionEvent]:
-        """Record the cancellation decided on `execution`; returns the events it produced."""
+    async def write_step(
+        self,
+        execution: WorkflowExecution,
+        previous_seq: int,
+        nodes: list[NodeExecution],
+        events: list[ExecutionEvent],
+    ) -> bool:
+        """Store the changed execution, nodes and events, only if nobody wrote since
+        `previous_seq` and it is unfinished; False (nothing written) otherwise."""
         ...
 
 
@@ -169,6 +209,12 @@ class UnitOfWork(Protocol):
 
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]
+
+
+class ConflictRetry(Protocol):
+    """Runs an operation again (a few times, briefly spaced) while it raises ConcurrentChange."""
+
+    async def __call__(self, operation: Callable[[], Awaitable[T]]) -> T: ...
 
 
 class EventPublisher(Protocol):

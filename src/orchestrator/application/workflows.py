@@ -8,12 +8,13 @@ from typing import Any
 
 from orchestrator.application.access import visible
 from orchestrator.application.ports import Clock, Page, UnitOfWorkFactory, VersionRecord
-from orchestrator.domain.errors import ConcurrentChange, NotFound, Problem, ValidationFailed
+from orchestrator.domain.errors import NotFound, Problem, ValidationFailed
 from orchestrator.domain.validation import validate_definition
+from orchestrator.domain.values import ValueLimits, ValueTooLarge
 from orchestrator.domain.workflow import Definition, Workflow, WorkflowStatus
 
 UNSET: Any = object()
-ARCHIVE_ATTEMPTS = 5
+DEFAULT_LIMITS = ValueLimits()
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,23 @@ class WorkflowChanges:
     status: WorkflowStatus | None = None
 
 
-def check_definition(definition: Definition) -> None:
+def definition_problems(definition: Definition, limits: ValueLimits) -> list[Problem]:
+    """Every problem of the definition; an empty list means it may be stored.
+
+    A config over the value bounds is reported alone: the other rules walk the configs.
+    """
+    bounds = []
+    for i, node in enumerate(definition.nodes):
+        try:
+            limits.check(node.config, "config")
+        except ValueTooLarge as exc:
+            bounds.append(Problem(f"definition.nodes[{i}].config", exc.message))
+    return bounds or validate_definition(definition)
+
+
+def check_definition(definition: Definition, limits: ValueLimits) -> None:
     """Raise ValidationFailed listing every problem of the definition."""
-    problems = validate_definition(definition)
+    problems = definition_problems(definition, limits)
     if problems:
         raise ValidationFailed("Workflow definition is invalid", problems)
 
@@ -41,9 +56,10 @@ async def create_workflow(
     definition: Definition,
     status: WorkflowStatus | None,
     user_id: str | None,
+    limits: ValueLimits = DEFAULT_LIMITS,
 ) -> Workflow:
     """Validate and store a new workflow at version 1 (DRAFT unless told otherwise)."""
-    check_definition(definition)
+    check_definition(definition, limits)
     if status == WorkflowStatus.ARCHIVED:
         raise ValidationFailed(
             "A workflow cannot be created ARCHIVED", [Problem("status", "must not be ARCHIVED")]
@@ -90,10 +106,11 @@ async def update_workflow(
     workflow_id: str,
     changes: WorkflowChanges,
     user_id: str | None,
+    limits: ValueLimits = DEFAULT_LIMITS,
 ) -> Workflow:
     """Apply a partial update; a changed definition becomes the next version."""
     if changes.definition is not None:
-        check_definition(changes.definition)
+        check_definition(changes.definition, limits)
     async with uow_factory() as uow:
         workflow = await uow.workflows.get(workflow_id)
         if workflow is None or not visible(workflow.user_id, user_id):
@@ -120,27 +137,19 @@ async def archive_workflow(
 ) -> Workflow:
     """DELETE archives: the workflow and its versions stay readable.
 
-    An edit that lands between the read and the write does not make the archive fail: it is
-    read again and archived.
+    The repository archives in one statement, so an edit landing meanwhile cannot make it fail.
     """
-    attempt = 0
-    while True:
-        attempt += 1
-        async with uow_factory() as uow:
-            workflow = await uow.workflows.get(workflow_id)
-            if workflow is None or not visible(workflow.user_id, user_id):
-                raise NotFound("Workflow", workflow_id)
-            if workflow.status == WorkflowStatus.ARCHIVED:
-                return workflow
-            workflow.change_status(WorkflowStatus.ARCHIVED, clock.now())
-            try:
-                await uow.workflows.save(workflow, new_version=False)
-            except ConcurrentChange:
-                if attempt == ARCHIVE_ATTEMPTS:
-                    raise
-                continue
-            await uow.commit()
+    async with uow_factory() as uow:
+        workflow = await uow.workflows.get(workflow_id)
+        if workflow is None or not visible(workflow.user_id, user_id):
+            raise NotFound("Workflow", workflow_id)
+        if workflow.status == WorkflowStatus.ARCHIVED:
             return workflow
+        archived = await uow.workflows.archive(workflow_id, clock.now())
+        if archived is None:
+            raise NotFound("Workflow", workflow_id)
+        await uow.commit()
+    return archived
 
 
 async def list_versions(

@@ -1,45 +1,47 @@
-"""Graph stepping: which nodes run next, joins, skips, conditions, input mapping, transforms.
+"""The execution's rules: which nodes run next, joins, skips, routes, limits, and the stepper.
 
-Pure code: it reads an execution's node states and says what happens next; the runner
-carries that out and records it.
+Pure code. `advance` takes what just happened to an execution and returns the step to commit:
+the changed nodes, the events that report them and the nodes to start. Expression work (input
+mappings, transforms, conditions, edge conditions) is described here as `Job`s and carried out
+by the caller under time and size bounds; the stepper itself evaluates nothing.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import graphlib
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.domain.errors import ExpressionError
-from orchestrator.domain.execution import NodeStatus, WorkflowExecution
-from orchestrator.domain.expressions import Expression, compile_expression
-from orchestrator.domain.mapping import compile_all, resolve
+from orchestrator.domain.evaluation import Analysis, Job, JobKind, analyze
+from orchestrator.domain.execution import (
+    DomainEvent,
+    ExecutionStatus,
+    NodeExecution,
+    NodeStatus,
+    WorkflowExecution,
+)
+from orchestrator.domain.values import ValueLimits, ValueTooLarge, json_size
 from orchestrator.domain.workflow import Definition, Edge, Node, NodeType
 
 _DONE = frozenset({NodeStatus.COMPLETED, NodeStatus.SKIPPED})
+_PASS_THROUGH = frozenset({NodeType.START, NodeType.END, NodeType.TRANSFORM})
+BRANCH_HANDLES = ("true", "false")
+
+Work = tuple[Job, Analysis]
 
 
 @dataclass(frozen=True)
-class Run:
-    """Start this node; `sources` are the nodes whose edges into it were taken."""
+class Limits:
+    """Bounds on what an execution may store."""
 
-    node_id: str
-    sources: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Skip:
-    """This node will not run: no branch that reaches it was taken."""
-
-    node_id: str
-
-
-Decision = Run | Skip
+    values: ValueLimits = field(default_factory=ValueLimits)
+    max_state_bytes: int = 16_777_216
 
 
 class CompiledWorkflow:
-    """A definition with its graph indexed and every expression compiled, built once per version."""
+    """A definition with its graph indexed and every expression analyzed, built once per version."""
 
     def __init__(self, definition: Definition) -> None:
         self.definition = definition
@@ -49,124 +51,95 @@ class CompiledWorkflow:
         for edge in definition.edges:
             self.incoming[edge.target].append(edge)
             self.outgoing[edge.source].append(edge)
-        self.order = self._topological_order()
+        sorter = graphlib.TopologicalSorter({n.id: [] for n in definition.nodes})
+        for edge in definition.edges:
+            sorter.add(edge.target, edge.source)
+        self.order: list[str] = list(sorter.static_order())
         self.start_id = next(n.id for n in definition.nodes if n.type == NodeType.START)
-        self._edge_conditions: dict[str, Expression] = {
-            e.id: compile_expression(e.condition) for e in definition.edges if e.condition
-        }
-        self._node_expressions: dict[str, Expression] = {}
+        self._specs: dict[tuple[str, str], tuple[JobKind, Any, Analysis]] = {}
         for node in definition.nodes:
-            key = "condition" if node.type == NodeType.CONDITIONAL else "expression"
-            source = node.config.get(key)
-            if node.type in (NodeType.CONDITIONAL, NodeType.TRANSFORM) and isinstance(source, str):
-                self._node_expressions[node.id] = compile_expression(source)
-            for mapped in ("inputMapping", "template", "parameters"):
-                compile_all(node.config.get(mapped))
+            for key, kind in _node_specs(node):
+                spec = node.config[key]
+                self._specs[(node.id, key)] = (kind, spec, analyze(kind, spec))
+        for edge in definition.edges:
+            if edge.condition:
+                self._specs[(edge.id, "condition")] = (
+                    "condition",
+                    edge.condition,
+                    analyze("condition", edge.condition),
+                )
 
-    def _topological_order(self) -> list[str]:
-        indegree = {n: len(self.incoming[n]) for n in self.nodes}
-        ready = [n.id for n in self.definition.nodes if indegree[n.id] == 0]
-        order: list[str] = []
-        while ready:
-            current = ready.pop(0)
-            order.append(current)
-            for edge in self.outgoing[current]:
-                indegree[edge.target] -= 1
-                if indegree[edge.target] == 0:
-                    ready.append(edge.target)
-        return order
-
-    def decide(self, execution: WorkflowExecution) -> list[Decision]:
-        """The nodes that can start now, and those that can never run (skips propagate)."""
-        status = {nid: ne.status for nid, ne in execution.nodes.items()}
-        decisions: list[Decision] = []
-        for node_id in self.order:
-            if status[node_id] != NodeStatus.PENDING:
-                continue
-            if node_id == self.start_id:
-                decisions.append(Run(node_id))
-                continue
-            incoming = self.incoming[node_id]
-            if any(status[e.source] not in _DONE for e in incoming):
-                continue
-            taken = [
-                e
-                for e in incoming
-                if status[e.source] == NodeStatus.COMPLETED and self.edge_taken(e, execution)
-            ]
-            if taken:
-                decisions.append(Run(node_id, tuple(e.source for e in taken)))
-            else:
-                status[node_id] = NodeStatus.SKIPPED
-                decisions.append(Skip(node_id))
-        return decisions
-
-    def edge_taken(self, edge: Edge, execution: WorkflowExecution) -> bool:
-        """Whether the edge is followed, given its source's result."""
-        source = self.nodes[edge.source]
-        output = execution.nodes[edge.source].output
-        if source.type == NodeType.CONDITIONAL and edge.source_handle in ("true", "false"):
-            branch = self.condition(source.id, output)
-            if edge.source_handle != ("true" if branch else "false"):
-                return False
-        condition = self._edge_conditions.get(edge.id)
-        if condition is None:
-            return True
-        return _boolean(condition.evaluate({"output": output}), f"edge {edge.id!r} condition")
-
-    def condition(self, node_id: str, node_input: Any) -> bool:
-        """A CONDITIONAL node's verdict; its input is named `input`."""
-        return _boolean(
-            self._node_expressions[node_id].evaluate({"input": node_input}),
-            f"node {node_id!r} condition",
+    def trivial(self, node_id: str) -> bool:
+        """A node that passes its input on and takes every outgoing edge: nothing to evaluate."""
+        node = self.nodes[node_id]
+        return (
+            node.type in _PASS_THROUGH
+            and not any((node_id, key) in self._specs for key in _KEYS)
+            and not any(e.condition for e in self.outgoing[node_id])
         )
 
-    def node_input(self, run: Run, execution: WorkflowExecution) -> Any:
-        """The input of a node about to run.
+    def calls_out(self, node_id: str) -> bool:
+        """True for the nodes that call agent-service or tool-service."""
+        return self.nodes[node_id].type in (NodeType.AGENT, NodeType.TOOL)
+
+    def default_input(self, node_id: str, execution: WorkflowExecution) -> Any:
+        """The input of a node before its input mapping.
 
         START takes the execution's input; a node with one incoming edge takes its source's
         output; a join (several incoming edges) takes `{sourceNodeId: output}` of each branch
         that arrived, so its input has the same shape whichever branches were taken.
-        `config.inputMapping`, when present, builds the input from those parts instead.
         """
-        if run.node_id == self.start_id:
-            default = execution.input
-        elif len(self.incoming[run.node_id]) == 1:
-            default = execution.nodes[run.sources[0]].output
-        else:
-            default = {source: execution.nodes[source].output for source in run.sources}
-        mapping = self.nodes[run.node_id].config.get("inputMapping")
-        if mapping is None:
-            return default
-        return resolve(mapping, self.context(execution, default))
+        if node_id == self.start_id:
+            return execution.input
+        sources = self.arrived(node_id, execution)
+        if len(self.incoming[node_id]) == 1:
+            return execution.nodes[sources[0]].output if sources else None
+        return {source: execution.nodes[source].output for source in sources}
 
-    def context(self, execution: WorkflowExecution, node_input: Any) -> Mapping[str, Any]:
-        """What an expression in a mapping or transform sees: `input`, `variables`, `outputs`."""
-        return _Context(execution, node_input)
+    def arrived(self, node_id: str, execution: WorkflowExecution) -> list[str]:
+        """The sources whose edge into the node was taken."""
+        return [
+            e.source
+            for e in self.incoming[node_id]
+            if execution.nodes[e.source].status == NodeStatus.COMPLETED
+            and e.id in (execution.nodes[e.source].routes or ())
+        ]
 
-    def transform(self, node_id: str, node_input: Any, execution: WorkflowExecution) -> Any:
-        """Run a TRANSFORM node: its expression, else its template, else its mapped input."""
-        node = self.nodes[node_id]
-        if node_id in self._node_expressions:
-            return self._node_expressions[node_id].evaluate(self.context(execution, node_input))
-        if "template" in node.config:
-            return resolve(node.config["template"], self.context(execution, node_input))
-        return node_input
+    def job(
+        self,
+        owner: str,
+        key: str,
+        execution: WorkflowExecution,
+        node_input: Any = None,
+        output: Any = None,
+    ) -> Work | None:
+        """The expression work of a node (`inputMapping`, `expression`, `template`, `condition`,
+        `parameters`) or of an edge (`condition`), with the context it reads; None if absent."""
+        entry = self._specs.get((owner, key))
+        if entry is None:
+            return None
+        kind, spec, analysis = entry
+        context = _context(analysis.names, execution, node_input, output)
+        what = f"edge {owner!r} condition" if owner not in self.nodes else f"node {owner!r} {key}"
+        return Job(kind, spec, context, what), analysis
 
-    def tool_parameters(self, node_id: str, node_input: Any, execution: WorkflowExecution) -> Any:
-        """A TOOL node's parameters: `config.parameters` (templated) over an object input."""
-        node = self.nodes[node_id]
-        base = node_input if isinstance(node_input, dict) else {"input": node_input}
-        if node_input is None:
-            base = {}
-        extra = node.config.get("parameters")
-        if not extra:
-            return base
-        return {**base, **resolve(extra, self.context(execution, node_input))}
-
-    def is_complete(self, execution: WorkflowExecution) -> bool:
-        """True when every node has finished (completed or skipped)."""
-        return all(ne.status in _DONE for ne in execution.nodes.values())
+    def route_work(
+        self, node_id: str, output: Any, verdict: bool | None, execution: WorkflowExecution
+    ) -> tuple[list[str], list[tuple[str, Work]]]:
+        """The edges a completed node takes for sure, and those whose condition decides."""
+        taken: list[str] = []
+        conditional: list[tuple[str, Work]] = []
+        for edge in self.outgoing[node_id]:
+            branch = "true" if verdict else "false"
+            handle = edge.source_handle
+            if verdict is not None and handle in BRANCH_HANDLES and handle != branch:
+                continue
+            work = self.job(edge.id, "condition", execution, output=output)
+            if work is None:
+                taken.append(edge.id)
+            else:
+                conditional.append((edge.id, work))
+        return taken, conditional
 
     def output(self, execution: WorkflowExecution) -> Any:
         """The execution's output: the END node's input, or `{endId: input}` when several ran."""
@@ -183,34 +156,54 @@ class CompiledWorkflow:
         return {nid: execution.nodes[nid].output for nid in ends}
 
 
-class _Context(Mapping[str, Any]):
-    """`variables` and `outputs` are computed on first use: most expressions read `input` only."""
+_KEYS = ("inputMapping", "expression", "template", "condition", "parameters")
 
-    _NAMES = ("input", "variables", "outputs")
 
-    def __init__(self, execution: WorkflowExecution, node_input: Any) -> None:
-        self._execution = execution
-        self._values: dict[str, Any] = {"input": node_input}
+def _node_specs(node: Node) -> list[tuple[str, JobKind]]:
+    """The (config key, job kind) pairs of a node's expression work."""
+    config = node.config
+    specs: list[tuple[str, JobKind]] = []
+    if "inputMapping" in config:
+        specs.append(("inputMapping", "resolve"))
+    if node.type == NodeType.CONDITIONAL:
+        specs.append(("condition", "condition"))
+    elif node.type == NodeType.TRANSFORM:
+        if isinstance(config.get("expression"), str):
+            specs.append(("expression", "expression"))
+        elif "template" in config:
+            specs.append(("template", "resolve"))
+    elif node.type == NodeType.TOOL and config.get("parameters"):
+        specs.append(("parameters", "resolve"))
+    return specs
 
-    def __getitem__(self, name: str) -> Any:
-        if name not in self._values:
-            if name == "variables":
-                self._values[name] = variables(self._execution)
-            elif name == "outputs":
-                self._values[name] = {
-                    nid: ne.output
-                    for nid, ne in self._execution.nodes.items()
-                    if ne.status == NodeStatus.COMPLETED
-                }
-            else:
-                raise KeyError(name)
-        return self._values[name]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._NAMES)
+def _context(
+    names: frozenset[str], execution: WorkflowExecution, node_input: Any, output: Any
+) -> dict[str, Any]:
+    context: dict[str, Any] = {}
+    if "input" in names:
+        context["input"] = node_input
+    if "output" in names:
+        context["output"] = output
+    if "variables" in names:
+        context["variables"] = variables(execution)
+    if "outputs" in names:
+        context["outputs"] = {
+            nid: ne.output
+            for nid, ne in execution.nodes.items()
+            if ne.status == NodeStatus.COMPLETED
+        }
+    return context
 
-    def __len__(self) -> int:
-        return len(self._NAMES)
+
+def tool_parameters(node_input: Any, parameters: Any) -> dict[str, Any]:
+    """A TOOL node's parameters: its resolved `config.parameters` over an object input."""
+    base = node_input if isinstance(node_input, dict) else {"input": node_input}
+    if node_input is None:
+        base = {}
+    if not parameters:
+        return dict(base)
+    return {**base, **parameters}
 
 
 def variables(execution: WorkflowExecution) -> dict[str, Any]:
@@ -226,7 +219,240 @@ def variables(execution: WorkflowExecution) -> dict[str, Any]:
     return result
 
 
-def _boolean(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise ExpressionError(f"{what} must be true or false, got {value!r}")
-    return value
+# What can happen to an execution; `advance` turns each into a step.
+
+
+@dataclass(frozen=True)
+class Began:
+    """A runner took the execution (new, or from a runner that stopped).
+
+    `routes` are the routes of completed nodes stored before routes were recorded with them.
+    """
+
+    routes: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttemptStarted:
+    """Attempt `attempt` of a calling node is about to call out; `failed` is why the one
+    before it failed, when this is a retry."""
+
+    node_id: str
+    attempt: int
+    failed: str | None = None
+
+
+@dataclass(frozen=True)
+class InputResolved:
+    """A running node's input mapping was resolved."""
+
+    node_id: str
+    input: Any
+
+
+@dataclass(frozen=True)
+class NodeSucceeded:
+    """A node's work finished with `output`; `routes` are the outgoing edges it takes."""
+
+    node_id: str
+    input: Any
+    output: Any
+    routes: list[str]
+
+
+@dataclass(frozen=True)
+class NodeFailed:
+    """A node's work failed for good."""
+
+    node_id: str
+    input: Any
+    error: str
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The execution must end FAILED: timeout, poison, or a step that cannot be stored."""
+
+    message: str
+
+    @classmethod
+    def timed_out(cls, timeout_ms: int) -> Stopped:
+        """Past EXECUTION_TIMEOUT."""
+        return cls(f"Execution timed out: it ran longer than EXECUTION_TIMEOUT ({timeout_ms} ms)")
+
+    @classmethod
+    def poisoned(cls, recoveries: int) -> Stopped:
+        """Taken over more than MAX_RECOVERIES times."""
+        return cls(
+            f"Execution failed after {recoveries} recoveries: the runners driving it stopped "
+            "again and again"
+        )
+
+    @classmethod
+    def unstorable(cls, refused_value: bool) -> Stopped:
+        """A step could not be stored, for a reason other than an outage."""
+        if refused_value:
+            return cls(
+                "The database refused a value of this execution (for example a NUL "
+                "character in a node's output)"
+            )
+        return cls("Internal error while running the execution; see the service log")
+
+
+Happening = Began | AttemptStarted | InputResolved | NodeSucceeded | NodeFailed | Stopped
+
+
+@dataclass(frozen=True)
+class NodeStart:
+    """Run this node; attempt `attempt` is already recorded by the step that asks for it."""
+
+    node_id: str
+    attempt: int
+
+
+@dataclass
+class Step:
+    """What one commit writes (changed nodes, events) and the nodes to start after it."""
+
+    previous_seq: int
+    nodes: dict[str, NodeExecution] = field(default_factory=dict)
+    events: list[DomainEvent] = field(default_factory=list)
+    starts: list[NodeStart] = field(default_factory=list)
+    execution_changed: bool = False
+
+
+def advance(
+    workflow: CompiledWorkflow,
+    execution: WorkflowExecution,
+    happening: Happening,
+    now: dt.datetime,
+    limits: Limits,
+) -> Step:
+    """Apply what happened; return the changes to commit and the nodes to start.
+
+    Nothing happens to a finished execution: a late result is dropped.
+    """
+    step = _Stepper(workflow, execution, now, limits)
+    if not execution.finished:
+        step.apply(happening)
+    return step.result
+
+
+class _Stepper:
+    def __init__(
+        self,
+        workflow: CompiledWorkflow,
+        execution: WorkflowExecution,
+        now: dt.datetime,
+        limits: Limits,
+    ) -> None:
+        self.workflow = workflow
+        self.execution = execution
+        self.now = now
+        self.limits = limits
+        self.result = Step(previous_seq=execution.last_seq)
+        self.status = execution.status
+
+    def record(self, events: list[DomainEvent], *node_ids: str) -> None:
+        self.result.events += events
+        for node_id in node_ids:
+            self.result.nodes[node_id] = self.execution.nodes[node_id]
+        self.result.execution_changed = True
+
+    def apply(self, happening: Happening) -> None:
+        ex, now = self.execution, self.now
+        match happening:
+            case Began(routes):
+                for node_id, taken in routes.items():
+                    ex.nodes[node_id].routes = taken
+                    self.result.nodes[node_id] = ex.nodes[node_id]
+                if ex.status == ExecutionStatus.PENDING:
+                    self.record(ex.begin(now))
+                for node_id, node in ex.nodes.items():
+                    if node.status == NodeStatus.RUNNING:
+                        # In flight when the last runner stopped: the same attempt runs again,
+                        # under the same idempotency key, so that the callee can drop it.
+                        attempt = node.retry_count + 1
+                        self.record(ex.start_node(node_id, attempt, node.input, now), node_id)
+                        self.result.starts.append(NodeStart(node_id, attempt))
+                self.progress()
+            case AttemptStarted(node_id, attempt, failed):
+                node = ex.nodes[node_id]
+                if failed is not None:
+                    node.fail_attempt(failed, now)
+                self.record(ex.start_node(node_id, attempt, node.input, now), node_id)
+            case InputResolved(node_id, node_input):
+                self.record(ex.set_input(node_id, node_input, now), node_id)
+            case NodeSucceeded(node_id, node_input, output, routes):
+                ex.nodes[node_id].input = node_input
+                if self.complete(node_id, output, routes):
+                    self.progress()
+            case NodeFailed(node_id, node_input, error):
+                ex.nodes[node_id].input = node_input
+                self.fail(error, node_id)
+            case Stopped(message):
+                self.fail(message, None)
+
+    def fail(self, message: str, node_id: str | None) -> None:
+        changed = [n for n, s in self.execution.nodes.items() if not s.status.terminal]
+        self.record(self.execution.fail(message, node_id, self.now), *changed)
+
+    def complete(self, node_id: str, output: Any, routes: list[str]) -> bool:
+        """COMPLETE the node unless its output breaks a limit (then the node FAILS)."""
+        try:
+            size = self.limits.values.check(output, f"the output of node {node_id!r}")
+            total = size + sum(
+                _output_bytes(n) for n in self.execution.nodes.values() if n.node_id != node_id
+            )
+            if total > self.limits.max_state_bytes:
+                raise ValueTooLarge(
+                    f"the execution's stored state would exceed MAX_EXECUTION_STATE_BYTES "
+                    f"({total} bytes, at most {self.limits.max_state_bytes})",
+                    "MAX_EXECUTION_STATE_BYTES",
+                )
+        except ValueTooLarge as exc:
+            self.fail(exc.message, node_id)
+            return False
+        self.record(self.execution.complete_node(node_id, output, routes, self.now), node_id)
+        self.execution.nodes[node_id].output_bytes = size
+        return True
+
+    def progress(self) -> None:
+        """Start what can start, skip what never will, and finish the execution when all is done.
+
+        Pass-through nodes (START, END, a TRANSFORM without config) complete here at once.
+        """
+        workflow, ex, now = self.workflow, self.execution, self.now
+        changed = True
+        while changed and not ex.finished:
+            changed = False
+            for node_id in workflow.order:
+                if ex.nodes[node_id].status != NodeStatus.PENDING:
+                    continue
+                incoming = workflow.incoming[node_id]
+                if any(ex.nodes[e.source].status not in _DONE for e in incoming):
+                    continue
+                if node_id != workflow.start_id and not workflow.arrived(node_id, ex):
+                    self.record(ex.skip_node(node_id, now), node_id)
+                    changed = True
+                    continue
+                node_input = workflow.default_input(node_id, ex)
+                mapped = "inputMapping" in workflow.nodes[node_id].config
+                self.record(ex.start_node(node_id, 1, None if mapped else node_input, now), node_id)
+                if workflow.trivial(node_id):
+                    routes = [e.id for e in workflow.outgoing[node_id]]
+                    if not self.complete(node_id, node_input, routes):
+                        return
+                    changed = True
+                else:
+                    self.result.starts.append(NodeStart(node_id, 1))
+        if not ex.finished and all(n.status in _DONE for n in ex.nodes.values()):
+            self.record(ex.complete(workflow.output(ex), now))
+
+
+def _output_bytes(node: NodeExecution) -> int:
+    if node.status != NodeStatus.COMPLETED:
+        return 0
+    if node.output_bytes is None:
+        node.output_bytes = json_size(node.output)
+    return node.output_bytes

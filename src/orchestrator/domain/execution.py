@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -113,6 +113,10 @@ class NodeExecution:
     attempts: list[Attempt] = field(default_factory=list)
     # Position in the order in which nodes finished; rebuilds the variables after a restart.
     finished_order: int | None = None
+    # The ids of the outgoing edges taken when the node completed (None before it completes).
+    routes: list[str] | None = None
+    # Bytes of the output as JSON, once measured (not stored: measured again after a load).
+    output_bytes: int | None = field(default=None, compare=False, repr=False)
 
     def move(self, new: NodeStatus, now: dt.datetime) -> None:
         """Change status through the transition table."""
@@ -140,10 +144,53 @@ class NodeExecution:
             self.attempts[-1].error = error
         self.error = error
 
+    def snapshot(self) -> NodeExecution:
+        """A copy that later changes of this node do not touch."""
+        return replace(self, attempts=[replace(a) for a in self.attempts])
+
+
+@dataclass(frozen=True)
+class NodeUpdated:
+    """A node changed: `node` is its state at that moment (a copy)."""
+
+    seq: int
+    at: dt.datetime
+    node: NodeExecution
+
+
+@dataclass(frozen=True)
+class ExecutionUpdated:
+    """The execution's status changed: its state at that moment (copies)."""
+
+    seq: int
+    at: dt.datetime
+    status: ExecutionStatus
+    current_node_id: str | None
+    output: Any
+    error: str | None
+    nodes: tuple[NodeExecution, ...]
+
+
+@dataclass(frozen=True)
+class ExecutionErrored:
+    """The execution failed: names the node that caused it, if one did."""
+
+    seq: int
+    at: dt.datetime
+    node_id: str | None
+    message: str
+
+
+DomainEvent = NodeUpdated | ExecutionUpdated | ExecutionErrored
+
 
 @dataclass
 class WorkflowExecution:
-    """One run of one version of a workflow."""
+    """One run of one version of a workflow.
+
+    Every change goes through the methods below: each checks the transition tables and
+    returns the domain events that report it, numbered by `seq`.
+    """
 
     id: str
     workflow_id: str
@@ -178,3 +225,116 @@ class WorkflowExecution:
     def finished(self) -> bool:
         """True once the execution is in a terminal status."""
         return self.status.terminal
+
+    def _seq(self) -> int:
+        self.last_seq += 1
+        return self.last_seq
+
+    def _updated(self, now: dt.datetime) -> ExecutionUpdated:
+        return ExecutionUpdated(
+            self._seq(),
+            now,
+            self.status,
+            self.current_node_id,
+            self.output,
+            self.error,
+            tuple(n.snapshot() for n in self.nodes.values()),
+        )
+
+    def _node_updated(self, node_id: str, now: dt.datetime) -> NodeUpdated:
+        return NodeUpdated(self._seq(), now, self.nodes[node_id].snapshot())
+
+    def begin(self, now: dt.datetime) -> list[DomainEvent]:
+        """PENDING -> RUNNING."""
+        self.move(ExecutionStatus.RUNNING, now)
+        return [self._updated(now)]
+
+    def start_node(
+        self, node_id: str, attempt: int, node_input: Any, now: dt.datetime
+    ) -> list[DomainEvent]:
+        """The one way a node becomes RUNNING: attempt `attempt` starts (again, after a restart)."""
+        node = self.nodes[node_id]
+        node.input = node_input
+        node.start_attempt(attempt, now)
+        self.current_node_id = node_id
+        return [self._node_updated(node_id, now)]
+
+    def set_input(self, node_id: str, node_input: Any, now: dt.datetime) -> list[DomainEvent]:
+        """A RUNNING node's input, once its input mapping is resolved."""
+        node = self.nodes[node_id]
+        if node.status != NodeStatus.RUNNING:
+            raise IllegalTransition(f"node {node_id} is {node.status}, not RUNNING")
+        node.input = node_input
+        return [self._node_updated(node_id, now)]
+
+    def complete_node(
+        self, node_id: str, output: Any, routes: list[str], now: dt.datetime
+    ) -> list[DomainEvent]:
+        """A RUNNING node COMPLETED with `output`, taking the edges `routes`."""
+        node = self.nodes[node_id]
+        order = 1 + max((n.finished_order or 0 for n in self.nodes.values()), default=0)
+        node.move(NodeStatus.COMPLETED, now)
+        if node.attempts:
+            node.attempts[-1].completed_at = now
+            node.attempts[-1].error = None
+        node.output = output
+        node.error = None
+        node.routes = routes
+        node.finished_order = order
+        return [self._node_updated(node_id, now)]
+
+    def skip_node(self, node_id: str, now: dt.datetime) -> list[DomainEvent]:
+        """A PENDING node that no taken branch reaches."""
+        self.nodes[node_id].move(NodeStatus.SKIPPED, now)
+        return [self._node_updated(node_id, now)]
+
+    def complete(self, output: Any, now: dt.datetime) -> list[DomainEvent]:
+        """Every node is done: the execution COMPLETED with `output`."""
+        self.move(ExecutionStatus.COMPLETED, now)
+        self.output = output
+        self.current_node_id = None
+        return [self._updated(now)]
+
+    def fail(self, message: str, node_id: str | None, now: dt.datetime) -> list[DomainEvent]:
+        """FAIL the execution: `node_id` (if given) FAILED with `message`; others in flight stop.
+
+        Node failures, timeouts, poison and internal errors all end an execution this way.
+        """
+        events: list[DomainEvent] = []
+        if node_id is not None and self.nodes[node_id].status == NodeStatus.RUNNING:
+            node = self.nodes[node_id]
+            node.fail_attempt(message, now)
+            node.move(NodeStatus.FAILED, now)
+            events.append(self._node_updated(node_id, now))
+            message = f"Node {node_id} failed: {message}"
+        events += self._end(ExecutionStatus.FAILED, message, "Cancelled: the execution failed", now)
+        events.append(ExecutionErrored(self._seq(), now, node_id, message))
+        events.append(self._updated(now))
+        return events
+
+    def cancel(self, now: dt.datetime) -> list[DomainEvent]:
+        """CANCEL at once: nodes not finished are CANCELLED."""
+        events = self._end(ExecutionStatus.CANCELLED, "Cancelled by request", None, now)
+        events.append(self._updated(now))
+        return events
+
+    def _end(
+        self, status: ExecutionStatus, message: str, node_error: str | None, now: dt.datetime
+    ) -> list[DomainEvent]:
+        check_execution_transition(self.status, status)
+        events: list[DomainEvent] = []
+        # A cancel stops every unfinished node; a failure stops those in flight and leaves the
+        # rest PENDING (they never ran), as the seed did.
+        stopping = {NodeStatus.RUNNING}
+        if status == ExecutionStatus.CANCELLED:
+            stopping.add(NodeStatus.PENDING)
+        for node in self.nodes.values():
+            if node.status in stopping:
+                started = node.status == NodeStatus.RUNNING
+                node.move(NodeStatus.CANCELLED, now)
+                if started:
+                    node.error = node_error or node.error
+                    events.append(self._node_updated(node.node_id, now))
+        self.error = message
+        self.move(status, now)
+        return events

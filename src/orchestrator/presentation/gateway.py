@@ -43,13 +43,13 @@ from typing import Any
 
 import socketio
 
+from orchestrator.application.events import snapshot
 from orchestrator.application.executions import (
     MAX_EVENTS_PAGE,
     ExecutionServices,
     execution_events,
     get_execution,
 )
-from orchestrator.application.views import execution_update
 from orchestrator.domain.errors import NotFound
 from orchestrator.infrastructure.db.errors import is_outage
 from orchestrator.infrastructure.realtime.publisher import (
@@ -166,9 +166,7 @@ class Gateway:
             return "could not subscribe now; try again"
         await self._send(sid, answer, {"executionId": execution_id})
         now = dt.datetime.now(dt.UTC)
-        await self._send(
-            sid, "execution:update", execution_update(execution, execution.last_seq, now)
-        )
+        await self._send(sid, "execution:update", snapshot(execution, now))
         delivery.last_seq = max(delivery.last_seq, execution.last_seq)
         await self._release(sid, room, delivery)
         return {"ok": True, "executionId": execution_id, "seq": execution.last_seq}

@@ -5,12 +5,23 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random,
+)
 
 from orchestrator.application.ports import AttemptHook, FailureHook, InvocationError
+from orchestrator.domain.errors import ConcurrentChange
 from orchestrator.domain.retry import RetryPolicy
+
+T = TypeVar("T")
+CONFLICT_ATTEMPTS = 10
 
 
 def _is_retryable(error: BaseException) -> bool:
@@ -73,3 +84,15 @@ class TenacityRetrier:
             reraise=True,
         )
         return await retrying(call)
+
+
+async def retry_conflicts(operation: Callable[[], Awaitable[T]]) -> T:
+    """Run `operation` again while another writer got in between (ConcurrentChange)."""
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(CONFLICT_ATTEMPTS),
+        wait=wait_random(0.005, 0.05),
+        retry=retry_if_exception_type(ConcurrentChange),
+        reraise=True,
+    )
+    result: T = await retrying(operation)
+    return result

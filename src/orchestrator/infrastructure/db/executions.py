@@ -6,20 +6,25 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orchestrator.application.ports import ExecutionEvent, Page
-from orchestrator.application.views import execution_update, node_update
-from orchestrator.domain.errors import Conflict
+from orchestrator.application.ports import FULL_DETAIL, ExecutionDetail, ExecutionEvent, Page
 from orchestrator.domain.execution import (
     ACTIVE_EXECUTION,
     ExecutionStatus,
-    NodeStatus,
+    NodeExecution,
     WorkflowExecution,
 )
-from orchestrator.infrastructure.db.mappers import execution_from_rows, execution_row, node_row
+from orchestrator.infrastructure.db.mappers import (
+    NODE_VALUES,
+    execution_from_rows,
+    execution_row,
+    execution_values,
+    node_row,
+    node_values,
+)
 from orchestrator.infrastructure.db.tables import execution_events, executions, node_executions
 
 ACTIVE = [s.value for s in ACTIVE_EXECUTION]
@@ -34,6 +39,15 @@ _INSERT_ONCE = {
     .returning(executions.c.id)
     for postgres in (True, False)
 }
+
+
+_EXECUTION_DETAIL = ("input", "output")
+_NODE_DETAIL = ("input", "output", "attempts")
+
+
+def _columns(table: Table, left_out: tuple[str, ...]) -> list[Any]:
+    """Every column of `table`, those left out read as NULL: a list loads only what it shows."""
+    return [null().label(c.name) if c.name in left_out else c for c in table.c]
 
 
 LeaseSource = Callable[[str], "tuple[str, dt.datetime] | None"]
@@ -95,6 +109,7 @@ class SqlExecutionRepository:
         workflow_id: str | None,
         status: ExecutionStatus | None,
         user_id: str | None,
+        detail: ExecutionDetail = FULL_DETAIL,
     ) -> tuple[list[WorkflowExecution], int]:
         conditions = []
         if workflow_id is not None:
@@ -105,7 +120,7 @@ class SqlExecutionRepository:
             conditions.append(executions.c.user_id == user_id)
         rows = (
             await self._c.execute(
-                select(executions)
+                select(*_columns(executions, () if detail.io else _EXECUTION_DETAIL))
                 .where(*conditions)
                 .order_by(executions.c.created_at.desc(), executions.c.id)
                 .limit(page.limit)
@@ -119,7 +134,7 @@ class SqlExecutionRepository:
             return [], int(total)
         node_rows = (
             await self._c.execute(
-                select(node_executions)
+                select(*_columns(node_executions, () if detail.nodes else _NODE_DETAIL))
                 .where(node_executions.c.execution_id.in_([r.id for r in rows]))
                 .order_by(node_executions.c.execution_id, node_executions.c.position)
             )
@@ -140,65 +155,62 @@ class SqlExecutionRepository:
         )
         return [ExecutionEvent(r.execution_id, r.seq, r.event, r.payload) for r in rows]
 
-    async def cancel(self, execution: WorkflowExecution, now: dt.datetime) -> list[ExecutionEvent]:
-        # The database decides which nodes were still unfinished: the runner may have moved on
-        # since the execution was read.
-        changed = (
-            await self._c.execute(
-                update(node_executions)
-                .where(
-                    node_executions.c.execution_id == execution.id,
-                    node_executions.c.status.in_(
-                        [NodeStatus.PENDING.value, NodeStatus.RUNNING.value]
-                    ),
-                )
-                .values(status=NodeStatus.CANCELLED.value, completed_at=now)
-                .returning(node_executions.c.node_id, node_executions.c.status)
-            )
-        ).all()
-        was_running = {
-            node_id for node_id, node in execution.nodes.items() if node.started_at is not None
-        }
-        announced = [r.node_id for r in changed if r.node_id in was_running]
-        last_seq = (
-            await self._c.execute(
-                update(executions)
-                .where(executions.c.id == execution.id, executions.c.status.in_(ACTIVE))
-                .values(
-                    status=ExecutionStatus.CANCELLED.value,
-                    error=execution.error,
-                    completed_at=now,
-                    updated_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    last_seq=executions.c.last_seq + len(announced) + 1,
-                )
-                .returning(executions.c.last_seq)
-            )
-        ).scalar_one_or_none()
-        if last_seq is None:
-            raise Conflict(f"Execution {execution.id} finished before it could be cancelled")
-        first = last_seq - len(announced)
-        events = [
-            ExecutionEvent(
-                execution.id,
-                first + i,
-                "node:update",
-                node_update(execution.id, execution.nodes[node_id], first + i, now),
-            )
-            for i, node_id in enumerate(announced)
-        ]
-        execution.last_seq = last_seq
-        events.append(
-            ExecutionEvent(
-                execution.id,
-                last_seq,
-                "execution:update",
-                execution_update(execution, last_seq, now),
-            )
+    async def write_step(
+        self,
+        execution: WorkflowExecution,
+        previous_seq: int,
+        nodes: list[NodeExecution],
+        events: list[ExecutionEvent],
+    ) -> bool:
+        return await write_step(self._c, execution, previous_seq, nodes, events)
+
+
+_UPDATE_NODE = (
+    update(node_executions)
+    .where(
+        node_executions.c.execution_id == bindparam("b_execution_id"),
+        node_executions.c.node_id == bindparam("b_node_id"),
+    )
+    .values({name: bindparam(name) for name in NODE_VALUES})
+)
+
+
+async def write_step(
+    connection: AsyncConnection,
+    execution: WorkflowExecution,
+    previous_seq: int,
+    nodes: list[NodeExecution],
+    events: list[ExecutionEvent],
+    token: int | None = None,
+) -> bool:
+    """Write one step of an execution in the caller's transaction, fenced: only if the
+    execution is unfinished, nobody wrote since `previous_seq` and (when given) the lease token
+    is still `token`. False, and nothing written, when the fence does not hold."""
+    now = execution.updated_at
+    values: dict[str, Any] = {**execution_values(execution), "updated_at": now}
+    if execution.finished:
+        values["lease_owner"] = None
+        values["lease_expires_at"] = None
+    fence = [
+        executions.c.id == execution.id,
+        executions.c.status.in_(ACTIVE),
+        executions.c.last_seq == previous_seq,
+    ]
+    if token is not None:
+        fence.append(executions.c.lease_token == token)
+    fenced = await connection.execute(update(executions).where(*fence).values(values))
+    if fenced.rowcount != 1:
+        return False
+    if nodes:
+        await connection.execute(
+            _UPDATE_NODE,
+            [
+                {"b_execution_id": execution.id, "b_node_id": n.node_id, **node_values(n)}
+                for n in nodes
+            ],
         )
-        await insert_events(self._c, events, now)
-        return events
+    await insert_events(connection, events, now)
+    return True
 
 
 async def insert_events(

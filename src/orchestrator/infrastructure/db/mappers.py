@@ -103,7 +103,7 @@ def _attempts_from_json(data: Sequence[Mapping[str, Any]] | None) -> list[Attemp
 
 
 def node_values(node: NodeExecution) -> dict[str, Any]:
-    """The mutable columns of a node row."""
+    """The mutable columns of a node row (named in NODE_VALUES)."""
     return {
         "status": node.status.value,
         "input": node.input,
@@ -114,7 +114,12 @@ def node_values(node: NodeExecution) -> dict[str, Any]:
         "finished_order": node.finished_order,
         "started_at": node.started_at,
         "completed_at": node.completed_at,
+        "routes": node.routes,
     }
+
+
+NODE_VALUES = tuple(node_values(NodeExecution("", NodeType.START)))
+"""The node columns a step writes."""
 
 
 def node_row(execution_id: str, position: int, node: NodeExecution) -> dict[str, Any]:
@@ -142,11 +147,12 @@ def node_from_row(row: Any) -> NodeExecution:
         completed_at=row.completed_at,
         attempts=_attempts_from_json(row.attempts),
         finished_order=row.finished_order,
+        routes=row.routes,
     )
 
 
 def execution_values(execution: WorkflowExecution) -> dict[str, Any]:
-    """The columns of an execution row that its steps change."""
+    """The columns of an execution row that its steps change (named in EXECUTION_VALUES)."""
     return {
         "status": execution.status.value,
         "output": execution.output,
@@ -158,26 +164,32 @@ def execution_values(execution: WorkflowExecution) -> dict[str, Any]:
     }
 
 
+EXECUTION_VALUES = (
+    "status",
+    "output",
+    "error",
+    "current_node_id",
+    "started_at",
+    "completed_at",
+    "last_seq",
+)
+"""The execution columns a step writes."""
+
+
 def execution_row(execution: WorkflowExecution) -> dict[str, Any]:
     """A full execution row for an insert."""
     return {
         "id": execution.id,
         "workflow_id": execution.workflow_id,
         "workflow_version": execution.workflow_version,
-        "status": execution.status.value,
         "input": execution.input,
-        "output": execution.output,
-        "error": execution.error,
-        "current_node_id": execution.current_node_id,
         "user_id": execution.user_id,
         "idempotency_key": execution.idempotency_key,
         "retry_of": execution.retry_of,
-        "started_at": execution.started_at,
-        "completed_at": execution.completed_at,
         "deadline_at": execution.deadline_at,
         "created_at": execution.created_at,
         "updated_at": execution.updated_at,
-        "last_seq": execution.last_seq,
+        **execution_values(execution),
         "lease_owner": None,
         "lease_token": 0,
         "lease_expires_at": None,

@@ -163,6 +163,8 @@ class NodeExecutionRow(Base):
     finished_order: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    # The ids of the outgoing edges taken when the node completed.
+    routes: Mapped[Any] = mapped_column(Json, nullable=True)
 
 
 class ExecutionEventRow(Base):

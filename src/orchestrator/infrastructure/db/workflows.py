@@ -141,6 +141,28 @@ class SqlWorkflowRepository:
         if new_version:
             await self._add_version(workflow)
 
+    async def archive(self, workflow_id: str, now: dt.datetime) -> Workflow | None:
+        # Not fenced like `save`: archiving wins over any edit, and the database serializes
+        # it with them on the row (an edit that read the row before fails its own fence).
+        row = (
+            await self._c.execute(
+                update(workflows)
+                .where(
+                    workflows.c.id == workflow_id,
+                    workflows.c.status != WorkflowStatus.ARCHIVED.value,
+                )
+                .values(status=WorkflowStatus.ARCHIVED.value, updated_at=now)
+                .returning(*workflows.c)
+            )
+        ).first()
+        if row is None:
+            return await self.get(workflow_id)
+        definition = await self.definition(row.id, row.version)
+        if definition is None:
+            return None
+        self._read[workflow_id] = (row.version, row.updated_at)
+        return workflow_from_row(row, definition)
+
     async def versions(self, workflow_id: str) -> list[VersionRecord]:
         rows = await self._c.execute(
             select(workflow_versions)

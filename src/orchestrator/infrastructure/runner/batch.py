@@ -12,31 +12,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import orjson
+from sqlalchemy import Table
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.application.ports import ExecutionEvent
 from orchestrator.domain.execution import NodeExecution, WorkflowExecution
 from orchestrator.infrastructure.db.errors import is_transient
-from orchestrator.infrastructure.db.mappers import execution_values, node_values
+from orchestrator.infrastructure.db.mappers import (
+    EXECUTION_VALUES,
+    NODE_VALUES,
+    execution_values,
+    node_values,
+)
+from orchestrator.infrastructure.db.tables import executions, node_executions
 
 MAX_BATCH = 200
 
-_WRITE_STEPS = """
+
+def _recordset(table: Table, names: tuple[str, ...]) -> str:
+    """`name type, ...` of the columns, for jsonb_to_recordset."""
+    dialect = PGDialect()  # type: ignore[no-untyped-call]
+    return ", ".join(f"{n} {table.c[n].type.compile(dialect=dialect)}" for n in names)
+
+
+def _assign(names: tuple[str, ...], source: str) -> str:
+    return ", ".join(f"{n} = {source}.{n}" for n in names)
+
+
+# The column lists come from the table definitions and the mappers, so that a new column is
+# named in one place.
+_WRITE_STEPS = f"""
 WITH step AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS v(
-        id text, token bigint, previous_seq bigint, status text, output jsonb, error text,
-        current_node_id text, started_at timestamptz, completed_at timestamptz,
-        last_seq bigint, finished boolean)
+        id text, token bigint, previous_seq bigint, finished boolean,
+        {_recordset(executions, EXECUTION_VALUES)})
 ), fence AS (
     UPDATE executions AS e
-    SET status = s.status, output = s.output, error = s.error,
-        current_node_id = s.current_node_id, started_at = s.started_at,
-        completed_at = s.completed_at, updated_at = $4, last_seq = s.last_seq,
+    SET {_assign(EXECUTION_VALUES, "s")}, updated_at = $4,
         lease_owner = CASE WHEN s.finished THEN NULL ELSE e.lease_owner END,
         lease_expires_at = CASE WHEN s.finished THEN NULL ELSE e.lease_expires_at END
     FROM step AS s
@@ -45,13 +62,9 @@ WITH step AS (
     RETURNING e.id
 ), nodes AS (
     UPDATE node_executions AS n
-    SET status = v.status, input = v.input, output = v.output, error = v.error,
-        retry_count = v.retry_count, attempts = v.attempts, finished_order = v.finished_order,
-        started_at = v.started_at, completed_at = v.completed_at
+    SET {_assign(NODE_VALUES, "v")}
     FROM fence, jsonb_to_recordset($2::jsonb) AS v(
-        execution_id text, node_id text, status text, input jsonb, output jsonb, error text,
-        retry_count int, attempts jsonb, finished_order int, started_at timestamptz,
-        completed_at timestamptz)
+        execution_id text, node_id text, {_recordset(node_executions, NODE_VALUES)})
     WHERE v.execution_id = fence.id AND n.execution_id = v.execution_id
       AND n.node_id = v.node_id
     RETURNING 1
@@ -70,17 +83,6 @@ SELECT id FROM fence
 _Queued = tuple[dict[str, Any], list[Any], list[Any], "asyncio.Future[bool]"]
 
 
-@dataclass
-class Step:
-    """One fenced step of one execution."""
-
-    token: int
-    execution: WorkflowExecution
-    previous_seq: int
-    nodes: list[NodeExecution]
-    events: list[ExecutionEvent]
-
-
 class StepWriter:
     """Writes steps in batches; `write` answers whether the step's fence held."""
 
@@ -92,28 +94,33 @@ class StepWriter:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def write(self, step: Step) -> bool:
-        """Queue the step and wait for its batch; False when the fence did not hold."""
+    async def write(
+        self,
+        token: int,
+        execution: WorkflowExecution,
+        previous_seq: int,
+        nodes: list[NodeExecution],
+        events: list[ExecutionEvent],
+    ) -> bool:
+        """Queue one fenced step and wait for its batch; False when the fence did not hold."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="step-writer")
-        execution = step.execution
         row = {
             "id": execution.id,
-            "token": step.token,
-            "previous_seq": step.previous_seq,
+            "token": token,
+            "previous_seq": previous_seq,
             "finished": execution.finished,
             **execution_values(execution),
         }
-        nodes = [
-            {"execution_id": execution.id, "node_id": n.node_id, **node_values(n)}
-            for n in step.nodes
+        node_rows = [
+            {"execution_id": execution.id, "node_id": n.node_id, **node_values(n)} for n in nodes
         ]
-        events = [
+        event_rows = [
             {"execution_id": e.execution_id, "seq": e.seq, "event": e.name, "payload": e.payload}
-            for e in step.events
+            for e in events
         ]
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((row, nodes, events, future))
+        self._queue.append((row, node_rows, event_rows, future))
         self._ready.set()
         return await future
 

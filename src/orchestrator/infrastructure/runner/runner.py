@@ -10,15 +10,17 @@ import os
 import socket
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from orchestrator.application.nodes import NodeRunner
+from tenacity import AsyncRetrying, RetryCallState, wait_exponential
+
+from orchestrator.application.nodes import NodeWork
 from orchestrator.application.ports import Clock, EventPublisher
-from orchestrator.domain.engine import CompiledWorkflow
+from orchestrator.domain.engine import CompiledWorkflow, Limits
 from orchestrator.domain.execution import WorkflowExecution
 from orchestrator.domain.workflow import Definition
-from orchestrator.infrastructure.runner.driver import Driver, DriverConfig, Outcome
-from orchestrator.infrastructure.runner.store import Claim, RunnerStore
+from orchestrator.infrastructure.runner.driver import Driver, DriverConfig
+from orchestrator.infrastructure.runner.store import Claim, Outcome, RunnerStore
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class RunnerConfig:
     poll_interval_s: float
     max_recoveries: int
     execution_timeout_ms: int
+    limits: Limits = field(default_factory=Limits)
 
 
 def new_owner_id() -> str:
@@ -49,13 +52,13 @@ class Runner:
     def __init__(
         self,
         store: RunnerStore,
-        nodes: NodeRunner,
+        work: NodeWork,
         publisher: EventPublisher,
         clock: Clock,
         config: RunnerConfig,
     ) -> None:
         self._store = store
-        self._nodes = nodes
+        self._work = work
         self._publisher = publisher
         self._clock = clock
         self._config = config
@@ -136,25 +139,35 @@ class Runner:
         log.info("runner %s stopped", self.owner)
 
     async def _claim_loop(self) -> None:
-        delay = self._config.poll_interval_s
         while not self._stopping:
             # Cleared before the claim, so that a wake-up during the claim is not lost.
             self._wake.clear()
             free = self._config.max_concurrent - len(self._drivers)
             claimed: list[Claim] = []
             if free > 0:
-                try:
-                    claimed = await self._store.claim(free, self._clock.now(), self._drivers)
-                    delay = self._config.poll_interval_s
-                except Exception as exc:
-                    log.warning("runner %s: claim failed (%s); retrying", self.owner, exc)
-                    delay = min(delay * 2, 5.0)
+                claimed = await self._claim(free)
             for claim in claimed:
                 await self._begin(claim)
             if claimed and len(claimed) == free:
                 continue  # more may be waiting
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                await asyncio.wait_for(self._wake.wait(), timeout=self._config.poll_interval_s)
+
+    async def _claim(self, limit: int) -> list[Claim]:
+        """Claim up to `limit`; while the database fails, back off up to 5 s between tries."""
+        retrying = AsyncRetrying(
+            wait=wait_exponential(multiplier=self._config.poll_interval_s, max=5.0),
+            before_sleep=self._log_claim_retry,
+        )
+        claims: list[Claim] = await retrying(self._claim_now, limit)
+        return claims
+
+    async def _claim_now(self, limit: int) -> list[Claim]:
+        return await self._store.claim(limit, self._clock.now(), self._drivers)
+
+    def _log_claim_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning("runner %s: claim failed (%s); retrying", self.owner, error)
 
     async def _begin(self, claim: Claim) -> None:
         fresh = self._fresh.pop(claim.execution_id, None)
@@ -178,10 +191,14 @@ class Runner:
             claim,
             self._compile(execution.workflow_id, definition),
             execution,
-            self._nodes,
+            self._work,
             self._publisher,
             self._clock,
-            DriverConfig(self._config.max_recoveries, self._config.execution_timeout_ms),
+            DriverConfig(
+                self._config.max_recoveries,
+                self._config.execution_timeout_ms,
+                self._config.limits,
+            ),
         )
         task = asyncio.create_task(
             self._drive(claim, driver), name=f"execution:{claim.execution_id}"

@@ -3,23 +3,53 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
-from sqlalchemy import and_, bindparam, case, or_, select, update
+from sqlalchemy import bindparam, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.application.ports import ExecutionEvent
-from orchestrator.domain.execution import ACTIVE_EXECUTION, NodeExecution, WorkflowExecution
+from orchestrator.domain.engine import Step
+from orchestrator.domain.execution import ACTIVE_EXECUTION, ExecutionStatus, WorkflowExecution
 from orchestrator.domain.workflow import Definition
-from orchestrator.infrastructure.db.executions import SqlExecutionRepository, insert_events
-from orchestrator.infrastructure.db.mappers import execution_values, node_values
-from orchestrator.infrastructure.db.tables import executions, node_executions
+from orchestrator.infrastructure.db.executions import (
+    SqlExecutionRepository,
+    insert_events,
+    write_step,
+)
+from orchestrator.infrastructure.db.tables import executions
 from orchestrator.infrastructure.db.workflows import SqlWorkflowRepository
-from orchestrator.infrastructure.runner.batch import Step, StepWriter
+from orchestrator.infrastructure.runner.batch import StepWriter
 
 ACTIVE = [s.value for s in ACTIVE_EXECUTION]
+
+
+class Outcome(enum.Enum):
+    """How a driver stopped."""
+
+    FINISHED = "finished"  # the execution reached a terminal status
+    DRAINED = "drained"  # shutdown: in-flight nodes finished, the rest is for another runner
+    LOST = "lost"  # another runner holds the lease now, or the execution was cancelled
+    ABANDONED = "abandoned"  # the database or the expression workers stayed unavailable
+
+
+class StepStore(Protocol):
+    """What a driver writes through (RunnerStore in production)."""
+
+    async def commit(
+        self, claim: Claim, execution: WorkflowExecution, step: Step, events: list[ExecutionEvent]
+    ) -> None: ...
+
+    async def load(self, execution_id: str) -> tuple[WorkflowExecution, Definition] | None: ...
+
+    async def force_fail(self, claim: Claim, execution_id: str, message: str) -> None: ...
+
+
+class DatabaseUnavailable(Exception):
+    """Commits kept failing for longer than the driver waits."""
 
 
 class LeaseLost(Exception):
@@ -33,26 +63,6 @@ class Claim:
     execution_id: str
     token: int
     recoveries: int
-
-
-_node_update = (
-    update(node_executions)
-    .where(
-        node_executions.c.execution_id == bindparam("b_execution_id"),
-        node_executions.c.node_id == bindparam("b_node_id"),
-    )
-    .values(
-        status=bindparam("status"),
-        input=bindparam("input"),
-        output=bindparam("output"),
-        error=bindparam("error"),
-        retry_count=bindparam("retry_count"),
-        attempts=bindparam("attempts"),
-        finished_order=bindparam("finished_order"),
-        started_at=bindparam("started_at"),
-        completed_at=bindparam("completed_at"),
-    )
-)
 
 
 # Built once: the runner claims often, and building the statement costs more than running it.
@@ -80,19 +90,10 @@ _CLAIM = (
         lease_owner=bindparam("owner"),
         lease_token=executions.c.lease_token + 1,
         lease_expires_at=bindparam("expires"),
-        # Taking over from another owner whose lease ran out is a recovery; taking back what
-        # this runner gave up itself is not.
+        # Every claim of a lease that was not given back is a recovery, whoever held it (this
+        # runner too, if its driver died); taking back a released execution is not.
         recoveries=executions.c.recoveries
-        + case(
-            (
-                and_(
-                    executions.c.lease_owner.is_not(None),
-                    executions.c.lease_owner != bindparam("owner"),
-                ),
-                1,
-            ),
-            else_=0,
-        ),
+        + case((executions.c.lease_owner.is_not(None), 1), else_=0),
     )
     .returning(executions.c.id, executions.c.lease_token, executions.c.recoveries)
 )
@@ -176,56 +177,64 @@ class RunnerStore:
         self,
         claim: Claim,
         execution: WorkflowExecution,
-        previous_seq: int,
-        nodes: list[NodeExecution],
+        step: Step,
         events: list[ExecutionEvent],
-        now: dt.datetime,
     ) -> None:
         """Write one step atomically, or raise LeaseLost and write nothing.
 
         The step is fenced: the lease token must be this claim's, the execution unfinished,
-        and nobody else may have written since `previous_seq`.
+        and nobody else may have written since the step began.
         """
-        step = Step(claim.token, execution, previous_seq, nodes, events)
+        nodes = list(step.nodes.values())
         if self._writer is not None:
-            written = await self._writer.write(step)
+            written = await self._writer.write(
+                claim.token, execution, step.previous_seq, nodes, events
+            )
         else:
-            written = await self._write_portable(step, now)
+            async with self._engine.begin() as connection:
+                written = await write_step(
+                    connection, execution, step.previous_seq, nodes, events, claim.token
+                )
         if not written:
             raise LeaseLost(execution.id)
 
-    async def _write_portable(self, step: Step, now: dt.datetime) -> bool:
-        """The step in one transaction of its own (SQLite); False when the fence did not hold."""
-        execution = step.execution
-        values: dict[str, Any] = {**execution_values(execution), "updated_at": now}
-        if execution.finished:
-            values["lease_owner"] = None
-            values["lease_expires_at"] = None
+    async def force_fail(self, claim: Claim, execution_id: str, message: str) -> None:
+        """FAIL the execution with the smallest possible write: when a step cannot be stored,
+        its failure still can (fenced by the lease token, like every step)."""
+        now = dt.datetime.now(dt.UTC)
         async with self._engine.begin() as connection:
-            fenced = await connection.execute(
-                update(executions)
-                .where(
-                    and_(
-                        executions.c.id == execution.id,
-                        executions.c.lease_token == step.token,
-                        executions.c.status.in_(ACTIVE),
-                        executions.c.last_seq == step.previous_seq,
-                    )
-                )
-                .values(values)
-            )
-            if fenced.rowcount != 1:
-                return False
-            if step.nodes:
+            seq = (
                 await connection.execute(
-                    _node_update,
-                    [
-                        {"b_execution_id": execution.id, "b_node_id": n.node_id, **node_values(n)}
-                        for n in step.nodes
-                    ],
+                    update(executions)
+                    .where(
+                        executions.c.id == execution_id,
+                        executions.c.lease_token == claim.token,
+                        executions.c.status.in_(ACTIVE),
+                    )
+                    .values(
+                        status=ExecutionStatus.FAILED.value,
+                        error=message,
+                        completed_at=now,
+                        updated_at=now,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        last_seq=executions.c.last_seq + 1,
+                    )
+                    .returning(executions.c.last_seq)
                 )
-            await insert_events(connection, step.events, now)
-        return True
+            ).scalar_one_or_none()
+            if seq is None:
+                return
+            payload = {
+                "executionId": execution_id,
+                "nodeId": None,
+                "error": message,
+                "seq": seq,
+                "timestamp": now.isoformat().replace("+00:00", "Z"),
+            }
+            await insert_events(
+                connection, [ExecutionEvent(execution_id, seq, "execution:error", payload)], now
+            )
 
     async def close(self) -> None:
         """Stop the batch writer."""

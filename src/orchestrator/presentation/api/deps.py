@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.application.executions import ExecutionServices
-from orchestrator.application.ports import Clock, Page, UnitOfWorkFactory
+from orchestrator.application.ports import Clock, ExecutionDetail, Page, UnitOfWorkFactory
+from orchestrator.domain.values import ValueLimits
 from orchestrator.settings import Settings
+
+INCLUDES = ("nodes", "io")
 
 
 @dataclass
@@ -23,6 +28,11 @@ class AppContext:
     clock: Clock
     executions: ExecutionServices
     runner_running: bool = False
+
+    @cached_property
+    def value_limits(self) -> ValueLimits:
+        """The bounds on stored values: MAX_VALUE_DEPTH and MAX_NODE_OUTPUT_BYTES."""
+        return ValueLimits(self.settings.max_value_depth, self.settings.max_node_output_bytes)
 
 
 async def get_context(request: Request) -> AppContext:
@@ -60,3 +70,34 @@ async def get_page(
 
 
 PageDep = Annotated[Page, Depends(get_page)]
+
+
+async def get_detail(
+    include: Annotated[
+        list[str] | None,
+        Query(
+            description="What a page of executions carries besides their states, "
+            "comma-separated or repeated: `nodes` (each node's input, output and attempts), "
+            "`io` (each execution's input and output)",
+        ),
+    ] = None,
+) -> ExecutionDetail:
+    """The `include` query parameter; an unknown name is a 400."""
+    names = {name.strip() for item in include or [] for name in item.split(",") if name.strip()}
+    unknown = sorted(names - set(INCLUDES))
+    if unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "include"),
+                    "msg": f"unknown include {', '.join(map(repr, unknown))}; "
+                    f"expected {' or '.join(INCLUDES)}",
+                    "input": include,
+                }
+            ]
+        )
+    return ExecutionDetail(nodes="nodes" in names, io="io" in names)
+
+
+DetailDep = Annotated[ExecutionDetail, Depends(get_detail)]

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
+from orchestrator.application.views import iso
 from orchestrator.domain.errors import (
     Conflict,
     DomainError,
@@ -21,6 +22,7 @@ from orchestrator.domain.errors import (
     NotFound,
     ValidationFailed,
 )
+from orchestrator.domain.values import ValueTooLarge
 from orchestrator.domain.workflow import NotExecutable
 from orchestrator.infrastructure.db.errors import is_outage, is_refused_value
 
@@ -31,6 +33,7 @@ STATUS_OF: list[tuple[type[DomainError], int]] = [
     (NotExecutable, 400),
     (ValidationFailed, 400),
     (ExpressionError, 400),
+    (ValueTooLarge, 400),
     (NotFound, 404),
     (Conflict, 409),
 ]
@@ -69,7 +72,7 @@ def envelope(
     body.update(
         path=request_path,
         method=method,
-        timestamp=dt.datetime.now(dt.UTC).isoformat(),
+        timestamp=iso(dt.datetime.now(dt.UTC)),
     )
     return body
 

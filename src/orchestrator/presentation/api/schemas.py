@@ -8,9 +8,16 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from orchestrator.application.ports import VersionRecord
-from orchestrator.domain.execution import ExecutionStatus, NodeStatus
+from orchestrator.application.ports import ExecutionDetail, VersionRecord
+from orchestrator.domain.execution import (
+    Attempt,
+    ExecutionStatus,
+    NodeExecution,
+    NodeStatus,
+    WorkflowExecution,
+)
 from orchestrator.domain.workflow import Definition, Edge, Node, NodeType, Workflow, WorkflowStatus
+from orchestrator.presentation.api.readable import StoredObject, StoredPayload, StoredValue
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -36,7 +43,7 @@ class NodeIn(WireModel):
     id: Id
     type: NodeType
     name: str | None = Field(None, max_length=200)
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: StoredObject = Field(default_factory=dict)
     position: Position | None = None
 
 
@@ -213,7 +220,9 @@ class ExecuteIn(WireModel):
     """Body of POST /workflows/execute."""
 
     workflow_id: Id
-    input: Any = None
+    input: Any = Field(
+        None, description="Nested at most MAX_VALUE_DEPTH levels; at most MAX_NODE_OUTPUT_BYTES"
+    )
 
 
 class AttemptOut(WireModel):
@@ -224,34 +233,89 @@ class AttemptOut(WireModel):
     completed_at: dt.datetime | None
     error: str | None
 
+    @classmethod
+    def of(cls, attempt: Attempt) -> AttemptOut:
+        """From the domain attempt."""
+        return cls(
+            attempt=attempt.number,
+            started_at=attempt.started_at,
+            completed_at=attempt.completed_at,
+            error=attempt.error,
+        )
 
-class NodeExecutionOut(WireModel):
-    """A node's state in an execution."""
+
+class NodeState(WireModel):
+    """What every view of a node's state in an execution shows."""
 
     node_id: str
     node_type: NodeType
     status: NodeStatus
-    input: Any
-    output: Any
     error: str | None
     retry_count: int
-    attempts: list[AttemptOut]
     started_at: dt.datetime | None
     completed_at: dt.datetime | None
 
+    @staticmethod
+    def fields(node: NodeExecution) -> dict[str, Any]:
+        """The shared fields of `node`."""
+        return {
+            "node_id": node.node_id,
+            "node_type": node.node_type,
+            "status": node.status,
+            "error": node.error,
+            "retry_count": node.retry_count,
+            "started_at": node.started_at,
+            "completed_at": node.completed_at,
+        }
 
-class ExecutionOut(WireModel):
-    """An execution."""
+
+class NodeExecutionOut(NodeState):
+    """A node's state in an execution."""
+
+    input: StoredValue
+    output: StoredValue
+    attempts: list[AttemptOut]
+
+    @classmethod
+    def of(cls, node: NodeExecution) -> NodeExecutionOut:
+        """From the domain node execution."""
+        return cls(
+            **cls.fields(node),
+            input=node.input,
+            output=node.output,
+            attempts=[AttemptOut.of(a) for a in node.attempts],
+        )
+
+
+class NodeSummary(NodeState):
+    """A node's state in a page of executions; the rest only with `include=nodes`."""
+
+    input: StoredValue = Field(None, description="Only with include=nodes")
+    output: StoredValue = Field(None, description="Only with include=nodes")
+    attempts: list[AttemptOut] = Field(default_factory=list, description="Only with include=nodes")
+
+    @classmethod
+    def of(cls, node: NodeExecution, detail: ExecutionDetail) -> NodeSummary:
+        """From the domain node execution, with what `detail` asks for."""
+        if not detail.nodes:
+            return cls(**cls.fields(node))
+        return cls(
+            **cls.fields(node),
+            input=node.input,
+            output=node.output,
+            attempts=[AttemptOut.of(a) for a in node.attempts],
+        )
+
+
+class ExecutionState(WireModel):
+    """What every view of an execution shows."""
 
     id: str
     workflow_id: str
     workflow_version: int
     status: ExecutionStatus
-    input: Any
-    output: Any
     error: str | None
     current_node_id: str | None
-    node_executions: list[NodeExecutionOut]
     retry_of: str | None
     last_seq: int
     started_at: dt.datetime | None
@@ -261,11 +325,70 @@ class ExecutionOut(WireModel):
     created_at: dt.datetime
     updated_at: dt.datetime
 
+    @staticmethod
+    def fields(execution: WorkflowExecution) -> dict[str, Any]:
+        """The shared fields of `execution`."""
+        return {
+            "id": execution.id,
+            "workflow_id": execution.workflow_id,
+            "workflow_version": execution.workflow_version,
+            "status": execution.status,
+            "error": execution.error,
+            "current_node_id": execution.current_node_id,
+            "retry_of": execution.retry_of,
+            "last_seq": execution.last_seq,
+            "started_at": execution.started_at,
+            "completed_at": execution.completed_at,
+            "deadline_at": execution.deadline_at,
+            "user_id": execution.user_id,
+            "created_at": execution.created_at,
+            "updated_at": execution.updated_at,
+        }
+
+
+class ExecutionOut(ExecutionState):
+    """An execution with every node's state and attempts."""
+
+    input: StoredValue
+    output: StoredValue
+    node_executions: list[NodeExecutionOut]
+
+    @classmethod
+    def of(cls, execution: WorkflowExecution) -> ExecutionOut:
+        """From the domain execution."""
+        return cls(
+            **cls.fields(execution),
+            input=execution.input,
+            output=execution.output,
+            node_executions=[NodeExecutionOut.of(n) for n in execution.nodes.values()],
+        )
+
+
+class ExecutionSummary(ExecutionState):
+    """An execution in a page; `input` and `output` only with `include=io`."""
+
+    input: StoredValue = Field(None, description="Only with include=io")
+    output: StoredValue = Field(None, description="Only with include=io")
+    node_executions: list[NodeSummary]
+
+    @classmethod
+    def of(cls, execution: WorkflowExecution, detail: ExecutionDetail) -> ExecutionSummary:
+        """From the domain execution, with what `detail` asks for."""
+        nodes = [NodeSummary.of(n, detail) for n in execution.nodes.values()]
+        if not detail.io:
+            return cls(**cls.fields(execution), node_executions=nodes)
+        return cls(
+            **cls.fields(execution),
+            input=execution.input,
+            output=execution.output,
+            node_executions=nodes,
+        )
+
 
 class ExecutionList(WireModel):
     """A page of executions."""
 
-    executions: list[ExecutionOut]
+    executions: list[ExecutionSummary]
     total: int
     page: int
     limit: int
@@ -276,7 +399,7 @@ class EventOut(WireModel):
 
     seq: int
     event: str
-    data: dict[str, Any]
+    data: StoredPayload
 
 
 class EventList(WireModel):

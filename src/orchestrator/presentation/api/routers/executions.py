@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Header, Query, Response, status
 
 from orchestrator.application import executions as use
-from orchestrator.application.views import execution_view
 from orchestrator.domain.execution import ExecutionStatus
-from orchestrator.presentation.api.deps import ContextDep, PageDep, UserIdDep
+from orchestrator.presentation.api.deps import ContextDep, DetailDep, PageDep, UserIdDep
+from orchestrator.presentation.api.readable import ReadableRoute
 from orchestrator.presentation.api.schemas import (
     EventList,
     EventOut,
     ExecuteIn,
     ExecutionList,
     ExecutionOut,
+    ExecutionSummary,
 )
 
-router = APIRouter(prefix="/workflows", tags=["executions"])
-
-
-def _json(content: Any, status_code: int = 200) -> Response:
-    # The views are already wire-shaped: serialize them directly instead of validating them
-    # again against the response model (which stays for the OpenAPI document).
-    return Response(orjson.dumps(content), status_code, media_type="application/json")
-
+router = APIRouter(prefix="/workflows", tags=["executions"], route_class=ReadableRoute)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -37,40 +30,44 @@ IdempotencyKey = Annotated[
 @router.post("/execute", status_code=status.HTTP_202_ACCEPTED, response_model=ExecutionOut)
 async def execute_workflow(
     body: ExecuteIn, context: ContextDep, user_id: UserIdDep, idempotency_key: IdempotencyKey = None
-) -> Response:
-    """Start an execution of an ACTIVE workflow; it runs in the background."""
+) -> ExecutionOut:
+    """Start an execution of an ACTIVE workflow; it runs in the background.
+
+    An input over MAX_VALUE_DEPTH or MAX_NODE_OUTPUT_BYTES is a 400, and nothing is stored.
+    """
+    context.value_limits.check(body.input, "input")
     execution = await use.execute_workflow(
         context.executions, body.workflow_id, body.input, user_id, idempotency_key
     )
-    return _json(execution_view(execution), status.HTTP_202_ACCEPTED)
+    return ExecutionOut.of(execution)
 
 
-@router.get("/executions", response_model=ExecutionList)
+@router.get("/executions", response_model=ExecutionList, response_model_exclude_unset=True)
 async def list_executions(
     context: ContextDep,
     page: PageDep,
     user_id: UserIdDep,
+    detail: DetailDep,
     workflow_id: Annotated[str | None, Query(alias="workflowId", max_length=200)] = None,
     status_filter: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
-) -> Response:
-    """A page of executions, newest first."""
+) -> ExecutionList:
+    """A page of executions, newest first, as summaries: inputs, outputs and attempts are left
+    out unless `include` asks for them."""
     items, total = await use.list_executions(
-        context.executions, page, workflow_id, status_filter, user_id
+        context.executions, page, workflow_id, status_filter, user_id, detail
     )
-    return _json(
-        {
-            "executions": [execution_view(e) for e in items],
-            "total": total,
-            "page": page.page,
-            "limit": page.limit,
-        }
+    return ExecutionList(
+        executions=[ExecutionSummary.of(e, detail) for e in items],
+        total=total,
+        page=page.page,
+        limit=page.limit,
     )
 
 
 @router.get("/executions/{execution_id}", response_model=ExecutionOut)
-async def get_execution(execution_id: str, context: ContextDep, user_id: UserIdDep) -> Response:
+async def get_execution(execution_id: str, context: ContextDep, user_id: UserIdDep) -> ExecutionOut:
     """The execution with every node's state."""
-    return _json(execution_view(await use.get_execution(context.executions, execution_id, user_id)))
+    return ExecutionOut.of(await use.get_execution(context.executions, execution_id, user_id))
 
 
 @router.post("/executions/{execution_id}/cancel", status_code=status.HTTP_204_NO_CONTENT)
@@ -85,10 +82,11 @@ async def cancel_execution(execution_id: str, context: ContextDep, user_id: User
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExecutionOut,
 )
-async def retry_execution(execution_id: str, context: ContextDep, user_id: UserIdDep) -> Response:
+async def retry_execution(
+    execution_id: str, context: ContextDep, user_id: UserIdDep
+) -> ExecutionOut:
     """Retry a FAILED execution from the failed node, as a new execution (`retryOf` links them)."""
-    execution = await use.retry_execution(context.executions, execution_id, user_id)
-    return _json(execution_view(execution), status.HTTP_202_ACCEPTED)
+    return ExecutionOut.of(await use.retry_execution(context.executions, execution_id, user_id))
 
 
 @router.get("/executions/{execution_id}/events", response_model=EventList)

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from orchestrator.application import workflows as use
-from orchestrator.domain.validation import validate_definition
 from orchestrator.domain.workflow import WorkflowStatus
 from orchestrator.presentation.api.deps import ContextDep, PageDep, UserIdDep
+from orchestrator.presentation.api.readable import ReadableRoute
 from orchestrator.presentation.api.schemas import (
     Problem,
     ValidateIn,
@@ -22,7 +22,7 @@ from orchestrator.presentation.api.schemas import (
     WorkflowPatch,
 )
 
-router = APIRouter(prefix="/workflows", tags=["workflows"])
+router = APIRouter(prefix="/workflows", tags=["workflows"], route_class=ReadableRoute)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=WorkflowOut)
@@ -38,6 +38,7 @@ async def create_workflow(
         body.definition.to_domain(),
         body.status,
         user_id,
+        context.value_limits,
     )
     return WorkflowOut.of(workflow)
 
@@ -57,9 +58,9 @@ async def list_workflows(
 
 
 @router.post("/validate", response_model=ValidationResult)
-async def validate_workflow(body: ValidateIn) -> ValidationResult:
-    """Check a definition without storing it."""
-    problems = validate_definition(body.definition.to_domain())
+async def validate_workflow(body: ValidateIn, context: ContextDep) -> ValidationResult:
+    """Check a definition without storing it: every problem that POST /workflows would refuse."""
+    problems = use.definition_problems(body.definition.to_domain(), context.value_limits)
     return ValidationResult(
         valid=not problems, problems=[Problem(path=p.path, message=p.message) for p in problems]
     )
@@ -84,7 +85,7 @@ async def update_workflow(
         status=body.status,
     )
     workflow = await use.update_workflow(
-        context.uow_factory, context.clock, workflow_id, changes, user_id
+        context.uow_factory, context.clock, workflow_id, changes, user_id, context.value_limits
     )
     return WorkflowOut.of(workflow)
 
