@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -197,6 +198,60 @@ async def wait_progress(
     while len(await completed_keys(db, ids)) < nodes:
         if time.monotonic() > deadline:
             raise AssertionError(f"fewer than {nodes} nodes completed in {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+def halted(process: Process) -> bool:
+    """The process is frozen (SIGSTOP) or has exited."""
+    if not process.alive:
+        return True
+    try:
+        stat = Path(f"/proc/{process.pid}/stat").read_text()
+    except OSError:
+        return True
+    # The state follows the command name, which is in parentheses and may hold spaces.
+    return stat.rpartition(")")[2].split()[0] in ("T", "t")
+
+
+async def wait_landed(db: asyncpg.Connection, process: Process, timeout: float) -> None:
+    """Until the process is frozen or dead and the database has finished every statement it
+    had begun by then: whatever the process sent before its fault has landed."""
+    deadline = time.monotonic() + timeout
+    while not halted(process):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {process.pid} did not stop in {timeout} s")
+        await asyncio.sleep(0.01)
+    since = await db.fetchval("SELECT clock_timestamp()")
+    # A statement waiting to send its answer to a frozen process (ClientWrite) has done what
+    # it can until the process reads again.
+    while await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
+        "AND state = 'active' AND query_start <= $1 "
+        "AND wait_event IS DISTINCT FROM 'ClientWrite'",
+        since,
+    ):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"statements begun before the fault still ran after {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+async def wait_completed(db: asyncpg.Connection, keys: set[str], timeout: float) -> None:
+    """Until the AGENT/TOOL nodes with these keys (executionId:nodeId) are all COMPLETED."""
+    ids = sorted({key.split(":", 1)[0] for key in keys})
+    deadline = time.monotonic() + timeout
+    while not keys <= await completed_keys(db, ids):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(keys)} nodes did not all complete in {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def wait_holding(db: asyncpg.Connection, process: Process, timeout: float) -> None:
+    """Until the process holds the lease of at least one unfinished execution."""
+    deadline = time.monotonic() + timeout
+    while not await held_by(db, process):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {process.pid} took no execution in {timeout} s")
         await asyncio.sleep(0.05)
 
 
@@ -418,8 +473,7 @@ async def _two_replicas_and_a_fault(
                 else:
                     victim.signal(signal.SIGSTOP)
                 fault_at = time.monotonic()
-                # Anything the victim sent before it stopped has landed by now.
-                await asyncio.sleep(0.1)
+                await wait_landed(db, victim, timeout=30)
                 done_before = await completed_keys(db, ids)
                 in_flight = await running_keys(db, ids)
                 held = await held_by(db, victim)
@@ -428,9 +482,9 @@ async def _two_replicas_and_a_fault(
                 await watch.wait(timeout=LEASE_S * 4)
                 report.takeover_s = list(watch.latency_s.values())
                 if fault == "stop":
-                    # Let the survivor redo the in-flight nodes and move on; then wake the
-                    # victim, whose in-flight calls now return into a lease it lost.
-                    await asyncio.sleep(NODE_DELAY_MS / 1000 * 3)
+                    # Let the survivor redo the in-flight nodes; then wake the victim, whose
+                    # in-flight calls now return into a lease it lost.
+                    await wait_completed(db, in_flight, timeout=60)
                     victim.signal(signal.SIGCONT)
                     report.notes["victim answers after SIGCONT"] = await _answers(client, victim)
                 await wait_finished(db, ids, timeout=60)
@@ -457,10 +511,11 @@ async def _two_replicas_and_a_fault(
 
 
 async def _answers(client: httpx.AsyncClient, process: Process) -> bool:
-    deadline = time.monotonic() + 10
+    # Generous: a process just woken up on a busy machine has a backlog to work through.
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.TransportError):
-            if (await client.get(process.health_url, timeout=2)).status_code == 200:
+            if (await client.get(process.health_url, timeout=5)).status_code == 200:
                 return True
         await asyncio.sleep(0.1)
     return False
@@ -506,7 +561,7 @@ async def rolling_restart(
                 )
                 done_before: set[str] = set()
                 exits: list[tuple[int, float]] = []
-                await asyncio.sleep(1.5)
+                await wait_holding(db, live[0], timeout=30)
                 for old in list(live):
                     live.remove(old)  # out of the load balancer first, then SIGTERM
                     old.signal(signal.SIGTERM)

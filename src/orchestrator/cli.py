@@ -52,6 +52,10 @@ def serve(args: argparse.Namespace) -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        # Far longer than any client keeps an idle connection (httpx 5 s, aiohttp 15 s, load
+        # balancers 60 s): a server that closes an idle connection first races the client's
+        # next request on it, and that request is reset (see keep_alive_seconds).
+        timeout_keep_alive=settings.keep_alive_seconds,
         proxy_headers=True,
     )
 

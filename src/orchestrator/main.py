@@ -93,9 +93,11 @@ class Runtime:
                 max_result_bytes=settings.max_node_output_bytes,
             )
             await evaluator.start()
+            # A reply carries the output as JSON text, escaped: room for more than the output.
+            reply_cap = 4 * settings.max_node_output_bytes
             work = NodeWork(
-                AgentClient(http, settings.agent_service_url),
-                ToolClient(http, settings.tool_service_url),
+                AgentClient(http, settings.agent_service_url, max_reply_bytes=reply_cap),
+                ToolClient(http, settings.tool_service_url, max_reply_bytes=reply_cap),
                 TenacityRetrier(),
                 evaluator,
                 settings.max_retry_attempts,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 import httpx
 
+from tests import faults
 from tests.databases import plain
 from tests.flows import agents, calls_for, create_active, execute, wait_until
 from tests.processes import base_url, running, service_process
@@ -34,7 +33,11 @@ async def test_kill_9_then_restart_completes_everything_once(pg_url: str, standi
             definition = agents(5, "slow", inputMapping={"delayMs": 300})
             workflow_id = await create_active(client, definition)
             ids = [(await execute(client, workflow_id, {"i": i}))["id"] for i in range(20)]
-            await asyncio.sleep(1.0)
+            db = await faults.connect(pg_url)
+            try:
+                await faults.wait_progress(db, ids, len(ids), timeout=60)
+            finally:
+                await db.close()
         first.kill()
     done_before = await completed_node_keys(pg_url)
     assert done_before, "some nodes should have completed before the kill"

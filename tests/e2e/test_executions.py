@@ -154,13 +154,19 @@ async def test_retryable_failures_are_retried_with_one_idempotency_key(
     assert [c["status"] for c in log] == [503, 503, 200]
     events = (await api.get(f"/workflows/executions/{done['id']}/events")).json()["events"]
     running = [
-        e["data"]["attempt"]
+        (e["data"]["attempt"], e["data"]["data"]["input"])
         for e in events
         if e["event"] == "node:update"
         and e["data"]["nodeId"] == "flaky"
         and e["data"]["status"] == "RUNNING"
     ]
-    assert running == [1, 2, 3]
+    # The node starts before its input mapping is resolved; the resolved input follows.
+    assert running == [
+        (1, None),
+        (1, {"failTimes": 2}),
+        (2, {"failTimes": 2}),
+        (3, {"failTimes": 2}),
+    ]
 
 
 async def test_a_client_error_is_not_retried_and_fails_the_execution(

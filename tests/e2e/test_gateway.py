@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -122,7 +123,14 @@ async def test_a_run_with_retries_arrives_in_order_with_nothing_missing(
             for r in rest
             if r.name == "node:update" and r.data["nodeId"] == "flaky"
         ]
-        assert flaky == [("RUNNING", 1), ("RUNNING", 2), ("RUNNING", 3), ("COMPLETED", 3)]
+        # It starts before its input mapping is resolved; the resolved input follows.
+        assert flaky == [
+            ("RUNNING", 1),
+            ("RUNNING", 1),
+            ("RUNNING", 2),
+            ("RUNNING", 3),
+            ("COMPLETED", 3),
+        ]
         statuses = [(r.data["nodeId"], r.data["status"]) for r in rest if r.name == "node:update"]
         assert ("wait", "COMPLETED") in statuses
         assert statuses[-4:] == [
@@ -159,7 +167,8 @@ async def test_join_and_leave_are_aliases(service: Process, api: httpx.AsyncClie
         assert client.named("left")[0].data == {"executionId": execution_id}
         count = len(client.execution_events(execution_id))
         await wait_until(api, execution_id)
-        await asyncio.sleep(0.2)
+        # A round trip: whatever the service sent this client before the answer has arrived.
+        await client.call("leave", {"executionId": execution_id})
         assert len(client.execution_events(execution_id)) == count
 
 
@@ -180,7 +189,8 @@ async def test_unsubscribe_stops_the_events_and_other_clients_keep_theirs(
         count = len(leaving.execution_events(execution_id))
 
         finished = await staying.wait_finished(execution_id)
-        await asyncio.sleep(0.2)
+        # The last event went to the room before this round trip, so it would be here by now.
+        await leaving.call("unsubscribe", {"executionId": execution_id})
         assert len(leaving.execution_events(execution_id)) == count
         snapshot, rest = live_part(staying, execution_id)
         assert_follows(snapshot, rest)
@@ -325,7 +335,10 @@ async def test_a_client_that_reconnects_catches_up_through_the_events_route(
     seen = [snapshot.data["seq"], *seqs(rest)]
     last_seen = seen[-1]
 
-    await asyncio.sleep(0.8)  # events happen while away
+    deadline = time.monotonic() + 30
+    while not await stored_events(api, execution_id, last_seen):  # events happen while away
+        assert time.monotonic() < deadline, "no event happened while away"
+        await asyncio.sleep(0.05)
     async with live(base_url(service)) as second:
         ack = await second.subscribe(execution_id)
         assert ack["seq"] > last_seen

@@ -10,6 +10,7 @@ import asyncio
 import signal
 import time
 
+import asyncpg
 import httpx
 import pytest
 
@@ -20,6 +21,8 @@ from tests.processes import base_url
 pytestmark = pytest.mark.timeout(90)
 
 COUNT = 20
+# The node the SIGTERM test cuts off: far longer than its 1 s grace.
+NODE_MS = 5000
 
 
 async def test_workers_run_what_any_api_replica_accepts(pg_url: str, standin: str) -> None:
@@ -138,19 +141,24 @@ async def test_sigterm_waits_at_most_the_grace_then_hands_over(pg_url: str, stan
     async with faults.clients(standin) as (client, standin_client):
         with faults.Fleet(pg_url, standin, **env) as fleet:
             api = await fleet.start(RUNNER_ENABLED="false")
+            # The worker that takes over is started first and frozen until the SIGTERM: on a
+            # busy machine, starting it between the node's start and the SIGTERM took long
+            # enough for the node to end within the grace, and then nothing was cut off.
+            successor = await fleet.start("worker")
+            successor.signal(signal.SIGSTOP)
             first = await fleet.start("worker")
             async with httpx.AsyncClient(base_url=base_url(api), timeout=30) as one:
                 workflow_id = await create_active(
-                    one, agents(1, "slow", inputMapping={"delayMs": 3000})
+                    one, agents(1, "slow", inputMapping={"delayMs": NODE_MS})
                 )
                 ids = await faults.submit(client, lambda: [base_url(api)], workflow_id, 3, "g")
                 for execution_id in ids:
                     await wait_node(one, execution_id, "a1", "RUNNING")
-                await fleet.start("worker")  # the one that takes over
                 db = await faults.connect(pg_url)
                 try:
                     held = await faults.held_by(db, first)
                     assert set(held) == set(ids)
+                    successor.signal(signal.SIGCONT)
                     first.signal(signal.SIGTERM)
                     stopped_at = time.monotonic()
                     watch = faults.TakeoverWatch(db, held, stopped_at)
@@ -167,7 +175,8 @@ async def test_sigterm_waits_at_most_the_grace_then_hands_over(pg_url: str, stan
                     nodes_by_id((await one.get(f"/workflows/executions/{i}")).json()) for i in ids
                 ]
             assert code == 0, first.log_tail()
-            assert 1.0 <= exited_s < 3.0, exited_s  # the grace, not the rest of the 3 s node
+            # The grace, not the rest of the node (which would take more than 4 s).
+            assert 1.0 <= exited_s < NODE_MS / 1000 - 1, exited_s
             assert len(watch.latency_s) == len(ids)
             assert max(watch.latency_s.values()) < 3.0, watch.latency_s
             assert list(statuses.values()) == ["COMPLETED"] * len(ids)
@@ -189,7 +198,8 @@ async def test_a_late_heartbeat_does_not_make_a_runner_reclaim_its_own_work(
     already passed. The claim skips locked rows and does not wait; it polls every 0.2 s, the
     heartbeat comes every 0.9 s, so the runner's own claim loop sees the lapse first.
     """
-    env = {"LEASE_SECONDS": "2", "HEARTBEAT_SECONDS": "0.9", "MAX_RECOVERIES": "2"}
+    lease_s = 2.0
+    env = {"LEASE_SECONDS": str(lease_s), "HEARTBEAT_SECONDS": "0.9", "MAX_RECOVERIES": "2"}
     async with faults.clients(standin) as (client, standin_client):
         with faults.Fleet(pg_url, standin, **env) as fleet:
             replica = await fleet.start()
@@ -204,7 +214,7 @@ async def test_a_late_heartbeat_does_not_make_a_runner_reclaim_its_own_work(
             try:
                 async with db.transaction():
                     await db.execute("SELECT id FROM executions WHERE id = ANY($1) FOR UPDATE", ids)
-                    await asyncio.sleep(3.0)
+                    await wait_blocked_by(db, longer_than_s=lease_s + 0.5, timeout=30)
                 statuses = await faults.wait_finished(db, ids, timeout=30)
                 rows = await db.fetch(
                     "SELECT recoveries, error FROM executions WHERE id = ANY($1)", ids
@@ -215,3 +225,17 @@ async def test_a_late_heartbeat_does_not_make_a_runner_reclaim_its_own_work(
     assert list(statuses.values()) == ["COMPLETED"] * len(ids), [r["error"] for r in rows]
     assert set(calls.values()) == {1}, calls
     assert {r["recoveries"] for r in rows} == {0}
+
+
+async def wait_blocked_by(db: asyncpg.Connection, longer_than_s: float, timeout: float) -> None:
+    """Until another session has waited for longer than `longer_than_s` on a lock that `db`
+    holds (its statement started before that, so whatever time it writes is that old)."""
+    deadline = time.monotonic() + timeout
+    while not await db.fetchval(
+        "SELECT count(*) > 0 FROM pg_stat_activity "
+        "WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid)) "
+        "AND query_start < clock_timestamp() - make_interval(secs => $1)",
+        longer_than_s,
+    ):
+        assert time.monotonic() < deadline, f"nothing waited {longer_than_s} s on the locks"
+        await asyncio.sleep(0.05)

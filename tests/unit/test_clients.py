@@ -13,7 +13,12 @@ import respx
 from httpx_aiohttp import AiohttpTransport
 
 from orchestrator.application.ports import CallContext, InvocationError
-from orchestrator.infrastructure.clients.http import AgentClient, ToolClient, build_http_client
+from orchestrator.infrastructure.clients.http import (
+    DEFAULT_MAX_REPLY_BYTES,
+    AgentClient,
+    ToolClient,
+    build_http_client,
+)
 
 AGENT_BASE = "http://agent-service:3002/api"
 TOOL_BASE = "http://tool-service:3003/api/"
@@ -75,12 +80,12 @@ async def call_tool(http: httpx.AsyncClient, ctx: CallContext = CTX) -> Any:
 async def test_agent_request_carries_input_metadata_and_idempotency_key(
     http: httpx.AsyncClient, router: respx.MockRouter
 ) -> None:
-    route = router.post(f"{AGENT_BASE}/agents/a%201%2Fb/execute").respond(
+    route = router.post(f"{AGENT_BASE}/agents/ag%C3%A9nt%3A1/execute").respond(
         json=agent_reply(output='{"score": 0.9, "tags": ["x"]}')
     )
 
     result = await AgentClient(http, AGENT_BASE + "/").execute_agent(
-        "a 1/b", {"text": "héllo", "n": [1, 2]}, CTX
+        "agént:1", {"text": "héllo", "n": [1, 2]}, CTX
     )
 
     assert result == {"score": 0.9, "tags": ["x"]}
@@ -295,7 +300,7 @@ async def test_slow_reply_is_cut_at_the_call_deadline(http: httpx.AsyncClient) -
     with respx.mock(assert_all_called=False) as router:
         router.post(AGENT_URL).mock(side_effect=slow)
         with pytest.raises(InvocationError) as raised:
-            await asyncio.wait_for(call_agent(http, ctx), timeout=2)
+            await asyncio.wait_for(call_agent(http, ctx), timeout=10)
     assert started.is_set()
     assert raised.value.retryable is True
     assert raised.value.message == "agent-service timed out after 50 ms for agent 'a1'"
@@ -334,3 +339,203 @@ async def test_build_http_client_limits_and_timeouts() -> None:
         transport = client._transport
         assert isinstance(transport, AiohttpTransport)
         assert transport.limits.max_connections == 10
+        # Dropped before agent-service and tool-service (Node, uvicorn: 5 s) close them.
+        assert transport.limits.keepalive_expiry is not None
+        assert transport.limits.keepalive_expiry < 5
+
+
+async def test_a_connection_closed_without_an_answer_is_no_timeout() -> None:
+    """httpx-aiohttp reports it as a ConnectTimeout; the message must not say "timed out"."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with build_http_client() as http:
+            client = AgentClient(http, f"http://127.0.0.1:{port}")
+            with pytest.raises(InvocationError) as raised:
+                await client.execute_agent("a1", "hi", BARE_CTX)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert raised.value.retryable is True
+    assert raised.value.message == (
+        "could not reach agent-service for agent 'a1' (ServerDisconnectedError)"
+    )
+
+
+UNSAFE_IDS = [".", "..", "../admin", "a/b", "a\\b", "a?x=1", "a#b", "a%2Fb", "a b", "a\nb", "a\x00"]
+
+
+@pytest.mark.parametrize("agent_id", UNSAFE_IDS)
+async def test_an_unsafe_agent_id_is_refused_before_any_call(
+    http: httpx.AsyncClient, agent_id: str
+) -> None:
+    with respx.mock(assert_all_called=False) as router:
+        anything = router.route()
+        with pytest.raises(InvocationError) as raised:
+            await AgentClient(http, AGENT_BASE).execute_agent(agent_id, "hi", CTX)
+    assert not anything.called
+    assert raised.value.retryable is False
+    assert raised.value.message.startswith(
+        f"cannot call agent-service for agent {agent_id!r}: agentId {agent_id!r} "
+    )
+    assert "an id is printable characters other than / \\ ? # % and whitespace" in (
+        raised.value.message
+    )
+
+
+@pytest.mark.parametrize("tool_id", UNSAFE_IDS)
+async def test_an_unsafe_tool_id_is_refused_before_any_call(
+    http: httpx.AsyncClient, tool_id: str
+) -> None:
+    with respx.mock(assert_all_called=False) as router:
+        anything = router.route()
+        with pytest.raises(InvocationError) as raised:
+            await ToolClient(http, TOOL_BASE).execute_tool(tool_id, {}, CTX)
+    assert not anything.called
+    assert raised.value.retryable is False
+    assert f"toolId {tool_id!r} " in raised.value.message
+
+
+@pytest.mark.parametrize("key", ["e-1:agént", "e-1:a\nb", "e-1:a\rb", "e-1:\x7f"])
+async def test_an_idempotency_key_that_is_no_header_value_is_refused_before_any_call(
+    http: httpx.AsyncClient, key: str
+) -> None:
+    ctx = CallContext("e-1", "w-1", "n-1", None, key, None)
+    with respx.mock(assert_all_called=False) as router:
+        anything = router.route()
+        with pytest.raises(InvocationError) as raised:
+            await call_agent(http, ctx)
+    assert not anything.called
+    assert raised.value.retryable is False
+    assert raised.value.message == (
+        f"cannot call agent-service for agent 'a1': the Idempotency-Key {key!r} "
+        "is not printable ASCII"
+    )
+
+
+class Endless(httpx.AsyncByteStream):
+    """A reply body that never ends; counts what was taken from it."""
+
+    def __init__(self, chunk: bytes) -> None:
+        self.chunk = chunk
+        self.taken = 0
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            self.taken += len(self.chunk)
+            yield self.chunk
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def padded_reply(size: int) -> bytes:
+    """An agent reply of exactly `size` bytes."""
+    empty = json.dumps(agent_reply(output="")).encode()
+    return json.dumps(agent_reply(output="x" * (size - len(empty)))).encode()
+
+
+async def test_a_reply_past_the_cap_is_refused_without_reading_the_rest(
+    http: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    body = Endless(b"x" * 1000)
+    router.post(AGENT_URL).mock(return_value=httpx.Response(200, stream=body))
+
+    client = AgentClient(http, AGENT_BASE, max_reply_bytes=64 * 1024)
+    with pytest.raises(InvocationError) as raised:
+        await client.execute_agent("a1", "hi", CTX)
+
+    assert raised.value.retryable is False
+    assert raised.value.status_code == 200
+    assert raised.value.message == (
+        "agent-service sent a reply larger than the 64 KiB limit for agent 'a1'"
+    )
+    assert body.taken <= 64 * 1024 + 1000
+    assert body.closed
+
+
+async def test_the_cap_defaults_to_4_mib_and_applies_to_tools_too(
+    http: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    body = Endless(b"x" * 65536)
+    router.post(TOOL_URL).mock(return_value=httpx.Response(200, stream=body))
+
+    with pytest.raises(InvocationError) as raised:
+        await call_tool(http)
+
+    assert DEFAULT_MAX_REPLY_BYTES == 4 * 1024 * 1024
+    assert raised.value.message == (
+        "tool-service sent a reply larger than the 4 MiB limit for tool 't1'"
+    )
+    assert body.taken <= DEFAULT_MAX_REPLY_BYTES + 65536
+
+
+async def test_a_reply_of_exactly_the_cap_is_read(
+    http: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    router.post(AGENT_URL).respond(200, content=padded_reply(5000))
+
+    output = await AgentClient(http, AGENT_BASE, max_reply_bytes=5000).execute_agent(
+        "a1", "hi", CTX
+    )
+    assert output == "x" * (5000 - len(json.dumps(agent_reply(output="")).encode()))
+
+    with pytest.raises(InvocationError) as raised:
+        await AgentClient(http, AGENT_BASE, max_reply_bytes=4999).execute_agent("a1", "hi", CTX)
+    assert raised.value.message == (
+        "agent-service sent a reply larger than the 4999 bytes limit for agent 'a1'"
+    )
+
+
+async def test_an_error_reply_past_the_cap_keeps_its_status_without_detail(
+    http: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    router.post(AGENT_URL).mock(return_value=httpx.Response(503, stream=Endless(b"x" * 1000)))
+
+    with pytest.raises(InvocationError) as raised:
+        await AgentClient(http, AGENT_BASE, max_reply_bytes=10_000).execute_agent("a1", "hi", CTX)
+    assert raised.value.message == "agent-service returned 503 for agent 'a1'"
+    assert (raised.value.retryable, raised.value.status_code) == (True, 503)
+
+
+async def test_the_production_transport_stops_reading_an_endless_reply() -> None:
+    """Against a real socket (aiohttp transport): the client gives up and drops the
+    connection once past the cap, while the server is still sending."""
+    dropped = asyncio.Event()
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        chunk = b"x" * 65536
+        try:
+            while True:
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+        except ConnectionError:
+            dropped.set()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with build_http_client() as http:
+            client = AgentClient(http, f"http://127.0.0.1:{port}", max_reply_bytes=256 * 1024)
+            with pytest.raises(InvocationError) as raised:
+                await asyncio.wait_for(client.execute_agent("a1", "hi", BARE_CTX), timeout=30)
+            await asyncio.wait_for(dropped.wait(), timeout=30)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert raised.value.message == (
+        "agent-service sent a reply larger than the 256 KiB limit for agent 'a1'"
+    )

@@ -192,7 +192,7 @@ async def test_cancellation_during_backoff_propagates() -> None:
 
     retrier = TenacityRetrier(sleep=sleep_forever, rand=lambda: 0.0)
     task = asyncio.create_task(retrier.run(rec.call, NO_JITTER, 1, rec.on_attempt, rec.on_failure))
-    await asyncio.wait_for(sleeping.wait(), timeout=1)
+    await asyncio.wait_for(sleeping.wait(), timeout=10)
     task.cancel()
 
     with pytest.raises(asyncio.CancelledError):

@@ -249,6 +249,34 @@ INVALID: list[Any] = [
     ),
     pytest.param(
         graph(
+            [
+                n("s", START),
+                n("x", TRANSFORM, expression="input"),
+                n("y", TRANSFORM, expression="input"),
+                n("z", TRANSFORM, expression="input"),
+                n("end", END),
+            ],
+            [
+                e("e1", "s", "x"),
+                e("e2", "x", "y"),
+                e("e3", "y", "z"),
+                e("e4", "z", "x"),
+                e("e5", "z", "end"),
+            ],
+        ),
+        [("definition.edges", "cycles are not supported yet: x -> y -> z -> x")],
+        id="cycle-of-three",
+    ),
+    pytest.param(
+        graph(
+            [n("s", START), n("x", TRANSFORM, expression="input"), n("end", END)],
+            [e("e1", "s", "x"), e("e2", "x", "x"), e("e3", "x", "end")],
+        ),
+        [("definition.edges", "cycles are not supported yet: x -> x")],
+        id="self-loop",
+    ),
+    pytest.param(
+        graph(
             [n("s", START), n("end", END), n("orphan", AGENT, agentId="x")],
             [e("e1", "s", "end"), e("e2", "orphan", "end")],
         ),
@@ -303,6 +331,94 @@ INVALID: list[Any] = [
         id="several-problems-structure",
     ),
 ]
+
+
+CONTROL_IDS = [
+    pytest.param("a\nb", "U+000A", id="newline"),
+    pytest.param("a\rb", "U+000D", id="carriage-return"),
+    pytest.param("a\x00", "U+0000", id="nul"),
+    pytest.param("\x7fa", "U+007F", id="delete"),
+    pytest.param("a\x85b", "U+0085", id="c1-next-line"),
+    pytest.param("a\ud800", "unpaired surrogate U+D800", id="lone-surrogate"),
+]
+
+
+@pytest.mark.parametrize(("bad", "named"), CONTROL_IDS)
+def test_a_node_id_with_a_control_character_is_refused(bad: str, named: str) -> None:
+    problems = validate_definition(with_node(n(bad, TRANSFORM, expression="input")))
+    assert_problems(problems, [("definition.nodes[1].id", f"node id {bad!r} contains")])
+    assert named in problems[0].message
+
+
+@pytest.mark.parametrize(("bad", "named"), CONTROL_IDS)
+def test_an_edge_id_with_a_control_character_is_refused(bad: str, named: str) -> None:
+    definition = graph([n("s", START), n("end", END)], [e(bad, "s", "end")])
+    problems = validate_definition(definition)
+    assert_problems(problems, [("definition.edges[0].id", f"edge id {bad!r} contains")])
+    assert named in problems[0].message
+
+
+@pytest.mark.parametrize("bad", [" a", "a ", "\u00a0a", "a\u3000"])
+def test_an_id_with_surrounding_whitespace_is_refused(bad: str) -> None:
+    definition = graph(
+        [n("s", START), n(bad, TRANSFORM, expression="input"), n("end", END)],
+        [e(bad, "s", bad), e("e2", bad, "end")],
+    )
+    expected = [
+        ("definition.nodes[1].id", f"node id {bad!r} starts or ends with whitespace"),
+        ("definition.edges[0].id", f"edge id {bad!r} starts or ends with whitespace"),
+    ]
+    assert_problems(validate_definition(definition), expected)
+
+
+@pytest.mark.parametrize(
+    "good", ["agént", "名前", "a b", "step-1.v2", "x:y@z", "émoji 🙂", "..a", "a..b"]
+)
+def test_printable_node_and_edge_ids_are_accepted_whatever_their_script(good: str) -> None:
+    definition = graph(
+        [n("s", START), n(good, TRANSFORM, expression="input"), n("end", END)],
+        [e(good, "s", good), e("e2", good, "end")],
+    )
+    assert validate_definition(definition) == []
+
+
+SERVICE_ID_RULE = "an id is printable characters other than / \\ ? # % and whitespace"
+UNSAFE_SERVICE_IDS = [
+    pytest.param(".", "'.' is not allowed", id="dot"),
+    pytest.param("..", "'..' is not allowed", id="dot-dot"),
+    pytest.param("../admin", "contains '/'", id="parent-path"),
+    pytest.param("a/b", "contains '/'", id="slash"),
+    pytest.param("a\\b", "contains '\\\\'", id="backslash"),
+    pytest.param("a?x=1", "contains '?'", id="question-mark"),
+    pytest.param("a#frag", "contains '#'", id="hash"),
+    pytest.param("%2e%2e", "contains '%'", id="percent"),
+    pytest.param("my agent", "contains whitespace", id="space"),
+    pytest.param(" agent", "contains whitespace", id="leading-space"),
+    pytest.param("agent\u00a0", "contains whitespace", id="no-break-space"),
+    pytest.param("a\nb", "contains the control character U+000A", id="newline"),
+    pytest.param("a\x00", "contains the control character U+0000", id="nul"),
+]
+
+
+@pytest.mark.parametrize(("bad", "reason"), UNSAFE_SERVICE_IDS)
+def test_an_agent_id_that_could_leave_its_path_segment_is_refused(bad: str, reason: str) -> None:
+    problems = validate_definition(with_node(n("a", AGENT, agentId=bad)))
+    assert_problems(problems, [(f"{N1}.agentId", f"agentId {bad!r} ")])
+    assert reason in problems[0].message
+    assert SERVICE_ID_RULE in problems[0].message
+
+
+@pytest.mark.parametrize(("bad", "reason"), UNSAFE_SERVICE_IDS)
+def test_an_unsafe_tool_id_is_refused(bad: str, reason: str) -> None:
+    problems = validate_definition(with_node(n("t", TOOL, toolId=bad)))
+    assert_problems(problems, [(f"{N1}.toolId", f"toolId {bad!r} ")])
+    assert reason in problems[0].message
+
+
+@pytest.mark.parametrize("good", ["writer", "agént", "web_search", "v1.2", "..x", "a:b@c", "名前"])
+def test_safe_agent_and_tool_ids_are_accepted(good: str) -> None:
+    assert validate_definition(with_node(n("a", AGENT, agentId=good))) == []
+    assert validate_definition(with_node(n("t", TOOL, toolId=good))) == []
 
 
 @pytest.mark.parametrize(("definition", "expected"), INVALID)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict, deque
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from orchestrator.domain.errors import ExpressionError, Problem
@@ -14,6 +16,12 @@ from orchestrator.domain.workflow import Definition, Node, NodeType
 MAX_NODES = 500
 MAX_TIMEOUT_MS = 3_600_000
 BRANCH_HANDLES = frozenset({"true", "false"})
+# Characters an agentId or toolId may not hold: an agentId is a URL path segment
+# (`/agents/{agentId}/execute`), and toolId follows the same rule.
+UNSAFE_IN_SERVICE_ID = frozenset("/\\?#%")
+SERVICE_ID_RULE = (
+    "an id is printable characters other than / \\ ? # % and whitespace, and is not . or .."
+)
 
 
 def validate_definition(definition: Definition) -> list[Problem]:
@@ -71,7 +79,10 @@ def validate_definition(definition: Definition) -> list[Problem]:
         sound = sound and ok
 
     for i, node in enumerate(nodes):
+        problems += _id_problems(node.id, f"definition.nodes[{i}].id", "node")
         problems += _node_problems(node, f"definition.nodes[{i}]", ids)
+    for i, edge in enumerate(definition.edges):
+        problems += _id_problems(edge.id, f"definition.edges[{i}].id", "edge")
 
     if sound:
         problems += _graph_problems(definition, starts[0].id)
@@ -86,6 +97,41 @@ def _duplicates(values: list[str], path: str, what: str) -> list[Problem]:
             dupes.append(value)
         seen.add(value)
     return [Problem(path, f"{what} id {v!r} is used more than once") for v in dupes]
+
+
+def _unprintable(text: str) -> str | None:
+    """The first control character or unpaired surrogate in `text`, described; or None."""
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            return f"the control character U+{ord(char):04X}"
+        if category == "Cs":
+            return f"the unpaired surrogate U+{ord(char):04X}"
+    return None
+
+
+def service_id_problem(value: str) -> str | None:
+    """Why `value` cannot be an agentId or toolId, or None when it can."""
+    if value in (".", ".."):
+        return f"{value!r} is not allowed: {SERVICE_ID_RULE}"
+    bad = _unprintable(value)
+    if bad is None:
+        found = next((c for c in value if c in UNSAFE_IN_SERVICE_ID or c.isspace()), None)
+        if found is not None:
+            bad = "whitespace" if found.isspace() else repr(found)
+    if bad is not None:
+        return f"{value!r} contains {bad}: {SERVICE_ID_RULE}"
+    return None
+
+
+def _id_problems(value: str, path: str, what: str) -> list[Problem]:
+    problems: list[Problem] = []
+    bad = _unprintable(value)
+    if bad is not None:
+        problems.append(Problem(path, f"{what} id {value!r} contains {bad}"))
+    if value != value.strip():
+        problems.append(Problem(path, f"{what} id {value!r} starts or ends with whitespace"))
+    return problems
 
 
 def _expression(source: Any, path: str) -> list[Problem]:
@@ -107,6 +153,10 @@ def _node_problems(node: Node, path: str, ids: set[str]) -> list[Problem]:
         value = config.get(key)
         if not isinstance(value, str) or not value.strip():
             problems.append(Problem(f"{cpath}.{key}", f"a {node.type} node needs config.{key}"))
+            return
+        reason = service_id_problem(value)
+        if reason is not None:
+            problems.append(Problem(f"{cpath}.{key}", f"{key} {reason}"))
 
     if node.type == NodeType.AGENT:
         required_id("agentId")
@@ -204,28 +254,16 @@ def _reach(roots: list[str], links: dict[str, list[str]]) -> set[str]:
 
 
 def find_cycle(node_ids: list[str], successors: dict[str, list[str]]) -> list[str] | None:
-    """One cycle of the graph as a list of node ids, or None when it is acyclic."""
-    white, grey, black = 0, 1, 2
-    color = dict.fromkeys(node_ids, white)
-    for root in node_ids:
-        if color[root] != white:
-            continue
-        stack: list[tuple[str, int]] = [(root, 0)]
-        path: list[str] = []
-        while stack:
-            node, index = stack.pop()
-            if index == 0:
-                color[node] = grey
-                path.append(node)
-            children = successors.get(node, [])
-            if index < len(children):
-                stack.append((node, index + 1))
-                child = children[index]
-                if color.get(child) == grey:
-                    return path[path.index(child) :]
-                if color.get(child) == white:
-                    stack.append((child, 0))
-            else:
-                color[node] = black
-                path.pop()
+    """One cycle of the graph as a list of node ids (in edge order), or None when it is acyclic."""
+    sorter: TopologicalSorter[str] = TopologicalSorter()
+    for node in node_ids:
+        sorter.add(node)
+    for node in node_ids:
+        for child in successors.get(node, []):
+            sorter.add(child, node)
+    try:
+        sorter.prepare()
+    except CycleError as exc:
+        cycle: list[str] = exc.args[1]
+        return cycle[:-1]
     return None

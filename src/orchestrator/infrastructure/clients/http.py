@@ -7,17 +7,25 @@ import json
 from typing import Any, ClassVar
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from orchestrator.application.ports import CallContext, InvocationError
+from orchestrator.domain.validation import service_id_problem
 
 _RETRYABLE_STATUSES = frozenset({408, 429})
 _MAX_DETAIL_CHARS = 200
 
 
 MAX_CACHED_URLS = 10_000
+DEFAULT_MAX_REPLY_BYTES = 4 * 1024 * 1024
+# Below the keep-alive of the services called (Node's http server and uvicorn close an idle
+# connection after 5 s): a connection must be dropped here before the service closes it, or
+# a call sent on it as it closes fails (measured: every call after the event loop was held up
+# for 6 s, with 30 s here).
+KEEPALIVE_EXPIRY_S = 4.0
 
 
 def build_http_client(
@@ -34,7 +42,7 @@ def build_http_client(
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=max_connections,
-        keepalive_expiry=30.0,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
     )
     return httpx.AsyncClient(
         transport=transport or AiohttpTransport(limits=limits),
@@ -59,17 +67,25 @@ def _detail(value: Any) -> str:
     return text if len(text) <= _MAX_DETAIL_CHARS else text[: _MAX_DETAIL_CHARS - 1] + "…"
 
 
-def _body_detail(response: httpx.Response) -> str:
+def _body_detail(response: httpx.Response, content: bytes) -> str:
     """What an error reply says, from its `message`/`error` field or its plain text."""
     try:
-        body = response.json()
+        body = orjson.loads(content)
     except ValueError:
-        text = response.text.strip()
+        text = content.decode(response.encoding or "utf-8", errors="replace").strip()
         # An HTML error page (from a proxy, typically) says nothing a user can act on.
         return "" if text.startswith("<") else _detail(text)
     if isinstance(body, dict) and (body.get("message") or body.get("error")):
         return _detail(body)
     return ""
+
+
+def _size(count: int) -> str:
+    """A byte count as people read it: 4 MiB, 64 KiB, 1000 bytes."""
+    for unit, scale in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if count % scale == 0:
+            return f"{count // scale} {unit}"
+    return f"{count} bytes"
 
 
 def _reject_constant(name: str) -> Any:
@@ -92,10 +108,17 @@ class _ServiceClient:
 
     service: ClassVar[str]
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        *,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+    ) -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._urls: dict[str, httpx.URL] = {}
+        self._max_reply_bytes = max_reply_bytes
 
     def _url(self, path: str) -> httpx.URL:
         # Parsed once per path: parsing a URL string is a good part of what a call costs.
@@ -110,20 +133,38 @@ class _ServiceClient:
         self, path: str, body: dict[str, Any], ctx: CallContext, subject: str
     ) -> dict[str, Any]:
         """POST `body` and return the JSON object of a 2xx reply."""
+        key = ctx.idempotency_key
+        if not (key.isascii() and key.isprintable()):
+            raise InvocationError(
+                f"cannot call {self.service} for {subject}: the Idempotency-Key {key!r} "
+                "is not printable ASCII",
+                retryable=False,
+            )
         timeout = self._http.timeout if ctx.timeout_s is None else httpx.Timeout(ctx.timeout_s)
+        request = self._http.build_request(
+            "POST",
+            self._url(path),
+            content=orjson.dumps(body),
+            headers={"Content-Type": "application/json", "Idempotency-Key": key},
+            timeout=timeout,
+        )
         try:
             # httpx bounds each read; the deadline bounds the whole attempt, slow trickles included.
             async with asyncio.timeout(ctx.timeout_s):
-                response = await self._http.post(
-                    self._url(path),
-                    content=orjson.dumps(body),
-                    headers={
-                        "Content-Type": "application/json",
-                        "Idempotency-Key": ctx.idempotency_key,
-                    },
-                    timeout=timeout,
-                )
-        except (httpx.TimeoutException, TimeoutError):
+                response = await self._http.send(request, stream=True)
+                try:
+                    content = await self._read(response)
+                finally:
+                    await response.aclose()
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            cause = exc.__cause__
+            if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, TimeoutError):
+                # httpx-aiohttp reports every aiohttp connection error as a ConnectTimeout,
+                # a closed connection included: that is no timeout.
+                raise InvocationError(
+                    f"could not reach {self.service} for {subject} ({type(cause).__name__})",
+                    retryable=True,
+                ) from None
             raise InvocationError(self._timeout_message(ctx, subject), retryable=True) from None
         except httpx.TransportError as exc:
             # The class name is enough to act on; the error text may name internal hosts.
@@ -139,15 +180,22 @@ class _ServiceClient:
 
         status = response.status_code
         if not response.is_success:
-            detail = _body_detail(response)
+            detail = "" if content is None else _body_detail(response, content)
             suffix = f": {detail}" if detail else ""
             raise InvocationError(
                 f"{self.service} returned {status} for {subject}{suffix}",
                 retryable=status in _RETRYABLE_STATUSES or status >= 500,
                 status_code=status,
             )
+        if content is None:
+            raise InvocationError(
+                f"{self.service} sent a reply larger than the {_size(self._max_reply_bytes)} "
+                f"limit for {subject}",
+                retryable=False,
+                status_code=status,
+            )
         try:
-            reply = orjson.loads(response.content)
+            reply = orjson.loads(content)
         except ValueError:
             reply = None
         if not isinstance(reply, dict):
@@ -157,6 +205,25 @@ class _ServiceClient:
                 status_code=status,
             )
         return reply
+
+    async def _read(self, response: httpx.Response) -> bytes | None:
+        """The decoded body, or None once it grows past the cap (the rest is never read)."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self._max_reply_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _check_id(self, key: str, value: str, subject: str) -> None:
+        """Refuse an id that validation refuses too (a definition stored before that rule)."""
+        reason = service_id_problem(value)
+        if reason is not None:
+            raise InvocationError(
+                f"cannot call {self.service} for {subject}: {key} {reason}", retryable=False
+            )
 
     def _timeout_message(self, ctx: CallContext, subject: str) -> str:
         seconds = ctx.timeout_s if ctx.timeout_s is not None else self._http.timeout.read
@@ -172,7 +239,8 @@ class AgentClient(_ServiceClient):
 
     async def execute_agent(self, agent_id: str, node_input: Any, ctx: CallContext) -> Any:
         """Run the agent on `node_input` and return its answer, parsed when it is JSON text."""
-        subject = f"agent '{agent_id}'"
+        subject = f"agent {agent_id!r}"
+        self._check_id("agentId", agent_id, subject)
         text = (
             node_input
             if isinstance(node_input, str)
@@ -207,7 +275,8 @@ class ToolClient(_ServiceClient):
 
     async def execute_tool(self, tool_id: str, parameters: dict[str, Any], ctx: CallContext) -> Any:
         """Run the tool with `parameters` and return its `data`."""
-        subject = f"tool '{tool_id}'"
+        subject = f"tool {tool_id!r}"
+        self._check_id("toolId", tool_id, subject)
         body: dict[str, Any] = {"toolId": tool_id, "parameters": parameters}
         if ctx.timeout_s is not None:
             body["timeout"] = round(ctx.timeout_s * 1000)
