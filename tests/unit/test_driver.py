@@ -369,3 +369,15 @@ async def test_a_condition_stored_without_its_routes_is_routed_again_on_takeover
     assert store.stored.nodes["c"].routes == ["c->no"]
     assert store.stored.nodes["yes"].status == NodeStatus.SKIPPED
     assert store.stored.output == {"no": {"tool": "t", "score": 0.2}}
+
+
+async def test_an_execution_taken_over_past_its_deadline_fails_without_running_anything() -> None:
+    agents = FakeAgents(writer=["ok"])
+    driver, store, execution = driver_for(chain(), agents)
+    execution.deadline_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+
+    assert await driver.run() == Outcome.FINISHED
+
+    assert store.stored.status == ExecutionStatus.FAILED
+    assert "EXECUTION_TIMEOUT" in (store.stored.error or "")
+    assert agents.calls == []

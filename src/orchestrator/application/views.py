@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
 from orchestrator.domain.execution import Attempt, NodeExecution
 
 
+@functools.lru_cache(maxsize=8192)
 def iso(value: dt.datetime | None) -> str | None:
-    """ISO 8601 as pydantic writes it (UTC as `Z`, so REST and Socket.IO agree), or None."""
+    """ISO 8601 as pydantic writes it (UTC as `Z`, so REST and Socket.IO agree), or None.
+
+    Cached: every event of an execution writes the same few timestamps again.
+    """
     if value is None:
         return None
     text = value.isoformat()

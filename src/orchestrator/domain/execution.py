@@ -87,7 +87,7 @@ def check_node_transition(node_id: str, old: NodeStatus, new: NodeStatus) -> Non
         raise IllegalTransition(f"node {node_id} cannot go from {old} to {new}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Attempt:
     """One call of a node; `error` is set when it failed."""
 
@@ -140,13 +140,15 @@ class NodeExecution:
     def fail_attempt(self, error: str, now: dt.datetime) -> None:
         """Record that the current attempt failed (the node may still be retried)."""
         if self.attempts:
-            self.attempts[-1].completed_at = now
-            self.attempts[-1].error = error
+            self.attempts[-1] = replace(self.attempts[-1], completed_at=now, error=error)
         self.error = error
 
     def snapshot(self) -> NodeExecution:
-        """A copy that later changes of this node do not touch."""
-        return replace(self, attempts=[replace(a) for a in self.attempts])
+        """A copy that later changes of this node do not touch (attempts are immutable)."""
+        clone = object.__new__(NodeExecution)
+        clone.__dict__.update(self.__dict__)
+        clone.attempts = list(self.attempts)
+        return clone
 
 
 @dataclass(frozen=True)
@@ -275,8 +277,7 @@ class WorkflowExecution:
         order = 1 + max((n.finished_order or 0 for n in self.nodes.values()), default=0)
         node.move(NodeStatus.COMPLETED, now)
         if node.attempts:
-            node.attempts[-1].completed_at = now
-            node.attempts[-1].error = None
+            node.attempts[-1] = replace(node.attempts[-1], completed_at=now, error=None)
         node.output = output
         node.error = None
         node.routes = routes

@@ -36,19 +36,28 @@ class ValueLimits:
 
     def check(self, value: Any, what: str) -> int:
         """The size of `value` in bytes of JSON; raises ValueTooLarge naming the limit."""
-        depth = value_depth(value, self.max_depth)
-        if depth > self.max_depth:
-            raise ValueTooLarge(
-                f"{what} is nested deeper than MAX_VALUE_DEPTH ({self.max_depth} levels)",
-                "MAX_VALUE_DEPTH",
-            )
-        size = _encoded_size(value, what)
+        try:
+            size = _encoded_size(value, what)
+        except ValueTooLarge:
+            self._check_depth(value, what)  # too deep is the better reason, when it is one
+            raise
+        # A value nested d levels deep takes at least 2d bytes of JSON: most values are too
+        # small to need the walk.
+        if size > 2 * self.max_depth:
+            self._check_depth(value, what)
         if size > self.max_bytes:
             raise ValueTooLarge(
                 f"{what} is larger than {self.limit_name} ({size} bytes, at most {self.max_bytes})",
                 self.limit_name,
             )
         return size
+
+    def _check_depth(self, value: Any, what: str) -> None:
+        if value_depth(value, self.max_depth) > self.max_depth:
+            raise ValueTooLarge(
+                f"{what} is nested deeper than MAX_VALUE_DEPTH ({self.max_depth} levels)",
+                "MAX_VALUE_DEPTH",
+            )
 
 
 class ValueTooLarge(DomainError):

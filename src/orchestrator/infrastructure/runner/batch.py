@@ -51,13 +51,18 @@ WITH step AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS v(
         id text, token bigint, previous_seq bigint, finished boolean,
         {_recordset(executions, EXECUTION_VALUES)})
+), locked AS (
+    -- In id order, as the heartbeat locks them: the two statements never deadlock.
+    SELECT x.id FROM executions AS x WHERE x.id IN (SELECT id FROM step)
+    ORDER BY x.id FOR UPDATE
 ), fence AS (
     UPDATE executions AS e
     SET {_assign(EXECUTION_VALUES, "s")}, updated_at = $4,
         lease_owner = CASE WHEN s.finished THEN NULL ELSE e.lease_owner END,
         lease_expires_at = CASE WHEN s.finished THEN NULL ELSE e.lease_expires_at END
-    FROM step AS s
-    WHERE e.id = s.id AND e.lease_token = s.token AND e.last_seq = s.previous_seq
+    FROM step AS s, locked AS l
+    WHERE e.id = s.id AND l.id = s.id
+      AND e.lease_token = s.token AND e.last_seq = s.previous_seq
       AND e.status IN ('PENDING', 'RUNNING')
     RETURNING e.id
 ), nodes AS (

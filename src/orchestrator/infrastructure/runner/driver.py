@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from tenacity import (
     AsyncRetrying,
-    RetryCallState,
     retry_if_exception,
     stop_after_delay,
     wait_exponential,
@@ -21,7 +20,7 @@ from tenacity import (
 
 from orchestrator.application.events import render
 from orchestrator.application.nodes import NodeWork
-from orchestrator.application.ports import Clock, EventPublisher
+from orchestrator.application.ports import Clock, EventPublisher, ExecutionEvent
 from orchestrator.domain.engine import (
     Began,
     CompiledWorkflow,
@@ -112,7 +111,10 @@ class Driver:
             await self._apply(Stopped.poisoned(self._claim.recoveries))
             return
         remaining = (self._execution.deadline_at - self._clock.now()).total_seconds()
-        deadline = asyncio.get_running_loop().time() + max(remaining, 0.0)
+        if remaining <= 0:  # taken over past its deadline
+            await self._apply(Stopped.timed_out(self._config.execution_timeout_ms))
+            return
+        deadline = asyncio.get_running_loop().time() + remaining
         try:
             async with asyncio.timeout_at(deadline) as timeout:
                 await self._apply(Began(await self._work.unrouted(self._workflow, self._execution)))
@@ -129,7 +131,14 @@ class Driver:
             if not timeout.expired():
                 raise
             await self._stop_tasks()
-            await self._apply(Stopped.timed_out(self._config.execution_timeout_ms))
+            await self._end(Stopped.timed_out(self._config.execution_timeout_ms))
+
+    async def _end(self, stopped: Stopped) -> None:
+        """End FAILED from the stored state: in memory, a step may have been cut off."""
+        loaded = await self._store.load(self._execution.id)
+        if loaded is not None and not loaded[0].finished:
+            self._execution = loaded[0]
+            await self._apply(stopped)
 
     async def _apply(self, happening: Happening) -> None:
         """Step, commit, publish, then start the nodes the step made runnable."""
@@ -159,11 +168,24 @@ class Driver:
 
     async def _commit(self, step: Step) -> None:
         events = render(self._execution, step.events)
+        try:
+            await self._store.commit(self._claim, self._execution, step, events)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Most commits succeed at once: the retry controller is built only for an outage.
+            self._log_retry(exc, first=True)
+            await self._commit_again(step, events)
+        await self._publisher.publish(events)
+
+    async def _commit_again(self, step: Step, events: list[ExecutionEvent]) -> None:
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
             wait=wait_exponential(multiplier=0.05, max=2.0),
             stop=stop_after_delay(self._config.outage_patience_s),
-            before_sleep=self._log_retry,
+            before_sleep=lambda state: self._log_retry(
+                state.outcome.exception() if state.outcome else None, first=False
+            ),
             reraise=True,
         )
         try:
@@ -174,12 +196,10 @@ class Driver:
             if is_transient(exc):
                 raise DatabaseUnavailable(str(exc)) from exc
             raise
-        await self._publisher.publish(events)
 
-    def _log_retry(self, state: RetryCallState) -> None:
+    def _log_retry(self, error: BaseException | None, first: bool) -> None:
         # Once per outage and execution at warning level, not once per retry.
-        level = logging.WARNING if state.attempt_number == 1 else logging.DEBUG
-        error = state.outcome.exception() if state.outcome is not None else None
+        level = logging.WARNING if first else logging.DEBUG
         log.log(level, "execution %s: commit failed (%s); retrying", self.execution_id, error)
 
     async def _end_after(self, exc: Exception) -> None:
@@ -191,11 +211,7 @@ class Driver:
             log.exception("execution %s: unexpected error", self.execution_id, exc_info=exc)
         stopped = Stopped.unstorable(refused)
         try:
-            loaded = await self._store.load(self._execution.id)
-            if loaded is None or loaded[0].finished:
-                return
-            self._execution = loaded[0]
-            await self._apply(stopped)
+            await self._end(stopped)
         except LeaseLost:
             return
         except Exception:

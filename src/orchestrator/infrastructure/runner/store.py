@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import bindparam, case, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orchestrator.application.ports import ExecutionEvent
 from orchestrator.domain.engine import Step
@@ -115,7 +116,7 @@ class RunnerStore:
 
         A claim of an execution whose previous holder's lease ran out counts as a recovery.
         """
-        async with self._engine.begin() as connection:
+        async with self._autocommit() as connection:
             rows = (
                 await connection.execute(
                     _CLAIM,
@@ -135,15 +136,24 @@ class RunnerStore:
         if not claims:
             return set()
         held = {c.execution_id for c in claims}
-        async with self._engine.begin() as connection:
+        # Rows are locked in id order, as the step writer locks them, so that the two never
+        # deadlock; one autocommitted statement, so that a process paused mid-heartbeat holds
+        # no lock.
+        mine = (
+            select(executions.c.id)
+            .where(
+                executions.c.id.in_(held),
+                executions.c.lease_owner == self.owner,
+                executions.c.status.in_(ACTIVE),
+            )
+            .order_by(executions.c.id)
+            .with_for_update()
+        )
+        async with self._autocommit() as connection:
             renewed = (
                 await connection.execute(
                     update(executions)
-                    .where(
-                        executions.c.id.in_(held),
-                        executions.c.lease_owner == self.owner,
-                        executions.c.status.in_(ACTIVE),
-                    )
+                    .where(executions.c.id.in_(mine.scalar_subquery()))
                     .values(lease_expires_at=now + self._lease)
                     .returning(executions.c.id, executions.c.lease_token)
                 )
@@ -153,7 +163,7 @@ class RunnerStore:
 
     async def release(self, claim: Claim) -> None:
         """Give the lease up so that any runner can claim the execution at once."""
-        async with self._engine.begin() as connection:
+        async with self._autocommit() as connection:
             await connection.execute(
                 update(executions)
                 .where(
@@ -161,6 +171,12 @@ class RunnerStore:
                 )
                 .values(lease_owner=None, lease_expires_at=None)
             )
+
+    @contextlib.asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose each statement commits at once: one round trip per write."""
+        async with self._engine.connect() as connection:
+            yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
     async def load(self, execution_id: str) -> tuple[WorkflowExecution, Definition] | None:
         """The execution and the definition of the version it runs."""
