@@ -496,6 +496,10 @@ async def _two_replicas_and_a_fault(
                         "lease lost or cancelled; stopping"
                     )
                     report.notes["victim tracebacks"] = log.count("Traceback")
+                    if "Traceback" in log:
+                        # The first one, so that a failure says why.
+                        start = log.index("Traceback")
+                        report.notes["victim's first traceback"] = log[start - 300 : start + 2500]
                     calls = await call_counts(standin, set(ids))
                     # Only the nodes in flight at the freeze may be run twice (by the victim
                     # before it froze, and by the survivor); any other repeated key would

@@ -351,7 +351,6 @@ class _Stepper:
         self.now = now
         self.limits = limits
         self.result = Step(previous_seq=execution.last_seq)
-        self.status = execution.status
 
     def record(self, events: list[DomainEvent], *node_ids: str) -> None:
         self.result.events += events
@@ -365,7 +364,7 @@ class _Stepper:
             case Began(routes):
                 for node_id, taken in routes.items():
                     ex.nodes[node_id].routes = taken
-                    self.result.nodes[node_id] = ex.nodes[node_id]
+                    self.record([], node_id)
                 if ex.status == ExecutionStatus.PENDING:
                     self.record(ex.begin(now))
                 for node_id, node in ex.nodes.items():

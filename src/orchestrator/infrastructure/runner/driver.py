@@ -78,7 +78,9 @@ class Driver:
         self._clock = clock
         self._config = config
         self._lock = asyncio.Lock()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Node tasks stay here until their outcome has been read: a task that ended with an
+        # error nobody read would be reported as "never retrieved".
+        self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
 
     @property
@@ -121,12 +123,12 @@ class Driver:
                 # Until every node task has ended: a task whose step finished the execution in
                 # memory is still committing it.
                 while self._tasks:
-                    done, _ = await asyncio.wait(
-                        set(self._tasks.values()), return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for task in done:
-                        if not task.cancelled():
-                            task.result()
+                    done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                    self._tasks -= done
+                    errors = [t.exception() for t in done if not t.cancelled()]
+                    for error in errors:
+                        if error is not None:
+                            raise error
         except TimeoutError:
             if not timeout.expired():
                 raise
@@ -150,21 +152,20 @@ class Driver:
                 await self._commit(step)
             if not self._draining and not self._execution.finished:
                 for start in step.starts:
-                    self._tasks[start.node_id] = asyncio.create_task(
-                        self._run_node(start), name=f"{self._execution.id}:{start.node_id}"
+                    self._tasks.add(
+                        asyncio.create_task(
+                            self._run_node(start), name=f"{self._execution.id}:{start.node_id}"
+                        )
                     )
         if self._execution.finished:
             current = asyncio.current_task()
-            for task in list(self._tasks.values()):
+            for task in self._tasks:
                 if task is not current:
                     task.cancel()
 
     async def _run_node(self, start: NodeStart) -> None:
-        try:
-            result = await self._work.run(self._workflow, self._execution, start, self._apply)
-            await self._apply(result)
-        finally:
-            self._tasks.pop(start.node_id, None)
+        result = await self._work.run(self._workflow, self._execution, start, self._apply)
+        await self._apply(result)
 
     async def _commit(self, step: Step) -> None:
         events = render(self._execution, step.events)
@@ -221,10 +222,10 @@ class Driver:
                 await self._store.force_fail(self._claim, self.execution_id, stopped.message)
 
     async def _stop_tasks(self) -> None:
-        tasks = [t for t in self._tasks.values() if t is not asyncio.current_task()]
+        """Cancel the node tasks and read how each ended."""
+        tasks, self._tasks = self._tasks, set()
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-        self._tasks.clear()
