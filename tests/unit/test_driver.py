@@ -381,3 +381,29 @@ async def test_an_execution_taken_over_past_its_deadline_fails_without_running_a
     assert store.stored.status == ExecutionStatus.FAILED
     assert "EXECUTION_TIMEOUT" in (store.stored.error or "")
     assert agents.calls == []
+
+
+async def test_transforms_as_the_platform_editor_writes_them() -> None:
+    # No config: the input passes through. A JSON text template with {{path}} placeholders
+    # into the input becomes the value it spells. A condition written with ===.
+    wf = compiled(
+        [
+            n("s", START),
+            n("same", TRANSFORM),
+            n("json", TRANSFORM, language="json", template='{"value": "{{delayMs}}", "n": 1}'),
+            n("check", COND, condition="input.value === '300'"),
+            n("end", END),
+        ],
+        [
+            e("s", "same"),
+            e("same", "json"),
+            e("json", "check"),
+            e("check", "end", handle="true"),
+        ],
+    )
+    driver, store, _ = driver_for(wf, FakeAgents(), {"delayMs": 300})
+
+    assert await driver.run() == Outcome.FINISHED
+
+    assert store.stored.nodes["same"].output == {"delayMs": 300}
+    assert store.stored.output == {"value": "300", "n": 1}

@@ -12,6 +12,8 @@ from orchestrator.domain.expressions import (
     MAX_EXPRESSION_LENGTH,
     compile_expression,
     comprehension_nesting,
+    input_path,
+    javascript_equality,
     render_template_string,
     template_expressions,
     to_json,
@@ -267,3 +269,50 @@ def test_compile_time_facts() -> None:
 def test_syntax_errors_are_reported_before_nesting() -> None:
     with pytest.raises(ExpressionError, match="Syntax error"):
         compile_expression('[1].map(a, a.map(b, b.map(c, c))) + "')
+
+
+@pytest.mark.parametrize(
+    ("source", "data", "expected"),
+    [
+        ("input.status === 'error'", {"status": "error"}, True),
+        ("input.status !== 'error'", {"status": "error"}, False),
+        ('input.count > 0 && input.kind === "a"', {"count": 1, "kind": "a"}, True),
+        # Inside a string literal `===` is text.
+        ("input.text == 'a === b'", {"text": "a === b"}, True),
+        ('input.text == "x !== y"', {"text": "x !== y"}, True),
+    ],
+)
+def test_javascript_equality_reads_as_cel_equality_outside_strings(
+    source: str, data: Any, expected: bool
+) -> None:
+    assert compile_expression(source).evaluate({"input": data}) is expected
+
+
+def test_javascript_equality_leaves_string_literals_alone() -> None:
+    assert javascript_equality("a === 'b === c' && d !== \"e !== f\"") == (
+        "a == 'b === c' && d != \"e !== f\""
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{{delayMs}}", 300),
+        ("{{user.name}}", "ada"),
+        ("{{items.1}}", "b"),
+        ("{{missing.path}}", None),
+        ("waited {{delayMs}} ms", "waited 300 ms"),
+        ("{{ input.delayMs * 2 }}", 600),
+        ('{"value": "{{delayMs}}"}', '{"value": "300"}'),
+    ],
+)
+def test_template_paths_read_the_node_input(template: str, expected: Any) -> None:
+    node_input = {"delayMs": 300, "user": {"name": "ada"}, "items": ["a", "b"]}
+    assert render_template_string(template, {"input": node_input}) == expected
+
+
+def test_a_path_that_starts_with_a_context_name_is_an_expression() -> None:
+    assert input_path("delayMs") == ["delayMs"]
+    assert input_path("items.0") == ["items", "0"]
+    assert input_path("input.delayMs") is None
+    assert input_path("input.delayMs + 1") is None

@@ -176,11 +176,6 @@ INVALID: list[Any] = [
         id="edge-condition-does-not-compile",
     ),
     pytest.param(
-        with_node(n("x", TRANSFORM)),
-        [(N1, "a TRANSFORM node needs config.expression, config.template or config.inputMapping")],
-        id="transform-with-nothing",
-    ),
-    pytest.param(
         with_node(n("x", TRANSFORM, expression="input.x +")),
         [(f"{N1}.expression", "does not compile")],
         id="transform-expression-does-not-compile",
@@ -505,4 +500,17 @@ VALID: list[Any] = [
 
 @pytest.mark.parametrize("definition", VALID)
 def test_valid_definition_has_no_problems(definition: Definition) -> None:
+    assert validate_definition(definition) == []
+
+
+def test_a_transform_without_config_and_template_paths_are_valid() -> None:
+    definition = graph(
+        [
+            n("s", START),
+            n("t", TRANSFORM),
+            n("u", TRANSFORM, template='{"first": "{{items.0}}", "who": "{{user.name}}"}'),
+            n("end", END),
+        ],
+        [e("e1", "s", "t"), e("e2", "t", "u"), e("e3", "u", "end")],
+    )
     assert validate_definition(definition) == []

@@ -31,6 +31,7 @@ from orchestrator.domain.engine import (
 )
 from orchestrator.domain.errors import ExpressionError
 from orchestrator.domain.execution import NodeStatus, WorkflowExecution
+from orchestrator.domain.mapping import json_or_text
 from orchestrator.domain.retry import RetryPolicy
 from orchestrator.domain.workflow import NodeType
 
@@ -101,10 +102,13 @@ class NodeWork:
             assert work is not None
             return node_input, bool(await self._evaluator.evaluate(*work))
         if node.type == NodeType.TRANSFORM:
-            for key in ("expression", "template"):
-                work = workflow.job(node_id, key, execution, node_input)
-                if work is not None:
-                    return await self._evaluator.evaluate(*work), None
+            work = workflow.job(node_id, "expression", execution, node_input)
+            if work is not None:
+                return await self._evaluator.evaluate(*work), None
+            work = workflow.job(node_id, "template", execution, node_input)
+            if work is not None:
+                rendered = await self._evaluator.evaluate(*work)
+                return json_or_text(node.config["template"], rendered), None
             return node_input, None
         if not workflow.calls_out(node_id):
             return node_input, None

@@ -12,11 +12,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from orchestrator.domain.errors import ExpressionError
-from orchestrator.domain.expressions import Expression, compile_expression, template_expressions
+from orchestrator.domain.expressions import (
+    CONTEXT_NAMES,
+    Expression,
+    compile_expression,
+    input_path,
+    template_expressions,
+)
 from orchestrator.domain.mapping import OUTPUT_PREFIX, VARIABLES_PREFIX, resolve
 
 JobKind = Literal["expression", "condition", "resolve"]
-CONTEXT_NAMES = frozenset({"input", "variables", "outputs", "output"})
 # `matches` compiles a regular expression and runs it over a text: that costs up to pattern
 # x text, not tokens² x data, so it counts as a loop.
 _LOOPING_FUNCTIONS = frozenset({"matches"})
@@ -74,7 +79,11 @@ def analyze(kind: JobKind, spec: Any) -> Analysis:
             elif item.startswith(OUTPUT_PREFIX):
                 names.add("outputs")
             elif "{{" in item:
-                sources += template_expressions(item)
+                for source in template_expressions(item):
+                    if input_path(source) is None:
+                        sources.append(source)
+                    else:  # `{{delayMs}}`: a path into the node's input
+                        names.add("input")
     expressions = [compile_expression(source) for source in sources]
     for expression in expressions:
         names |= expression.names & CONTEXT_NAMES

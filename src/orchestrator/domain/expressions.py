@@ -62,6 +62,9 @@ _TOKEN = re.compile(
 )
 _OPENS = {"(": ")", "[": "]", "{": "}"}
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_PATH = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*(?:\.(?:[_a-zA-Z][_a-zA-Z0-9]*|[0-9]+))*")
+CONTEXT_NAMES = frozenset({"input", "variables", "outputs", "output"})
+"""The names an expression may read; a template path that starts with another reads the input."""
 
 
 class Expression:
@@ -76,7 +79,7 @@ class Expression:
         if len(source) > MAX_EXPRESSION_LENGTH:
             raise ExpressionError(f"expression is longer than {MAX_EXPRESSION_LENGTH} characters")
         try:
-            self._program = cel.compile(source)
+            self._program = cel.compile(javascript_equality(source))
         except (ValueError, RuntimeError, TypeError) as exc:
             raise ExpressionError(_first_line(str(exc))) from exc
         # Tokenized after CEL accepted the source, so the tokens are CEL's own.
@@ -132,6 +135,32 @@ class Expression:
 def compile_expression(source: str) -> Expression:
     """Compile once; the same source returns the same compiled program."""
     return Expression(source)
+
+
+def javascript_equality(source: str) -> str:
+    """`===` and `!==` read as `==` and `!=`, outside string literals: the platform's editor
+    shows conditions such as `input.status === 'error'`."""
+    if "==" not in source:
+        return source
+    pieces: list[str] = []
+    position = 0
+    while position < len(source):
+        match = _TOKEN.match(source, position)
+        assert match is not None  # the last alternative takes any one character
+        pieces.append(match.group())
+        position = match.end()
+        if match.group() in ("==", "!=") and source.startswith("=", position):
+            position += 1
+    return "".join(pieces)
+
+
+def input_path(source: str) -> list[str] | None:
+    """The path of a `{{ path }}` placeholder that reads the node's input (`{{delayMs}}`,
+    `{{user.name}}`, `{{items.0}}`), or None when it is an expression over the named values."""
+    if not _PATH.fullmatch(source):
+        return None
+    path = source.split(".")
+    return None if path[0] in CONTEXT_NAMES else path
 
 
 def tokenize(source: str) -> list[str]:
@@ -215,13 +244,28 @@ def render_template_string(text: str, context: Mapping[str, Any]) -> Any:
     # fullmatch alone would take "{{ a }}{{ b }}" as one part whose expression is "a }}{{ b".
     parts = list(_TEMPLATE.finditer(stripped))
     if len(parts) == 1 and parts[0].span() == (0, len(stripped)):
-        return compile_expression(parts[0].group(1).strip()).evaluate(context)
+        return _placeholder(parts[0].group(1).strip(), context)
 
     def substitute(match: re.Match[str]) -> str:
-        value = compile_expression(match.group(1).strip()).evaluate(context)
+        value = _placeholder(match.group(1).strip(), context)
         return value if isinstance(value, str) else _json_text(value)
 
     return _TEMPLATE.sub(substitute, text)
+
+
+def _placeholder(source: str, context: Mapping[str, Any]) -> Any:
+    path = input_path(source)
+    if path is None:
+        return compile_expression(source).evaluate(context)
+    value = context.get("input")
+    for part in path:
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
 
 
 def _json_text(value: Any) -> str:

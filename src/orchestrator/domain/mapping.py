@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import orjson
+
 from orchestrator.domain.expressions import (
     compile_expression,
+    input_path,
     render_template_string,
     template_expressions,
 )
@@ -49,13 +52,14 @@ def resolve(value: Any, context: Mapping[str, Any]) -> Any:
 
 
 def references(value: Any) -> Iterator[tuple[str, str]]:
-    """Each reference inside a mapping value, as ("output", nodeId) or ("expression", source)."""
+    """Each reference inside a mapping value: ("output", nodeId), ("expression", source), or
+    ("path", source) for a `{{path}}` into the node's input."""
     if isinstance(value, str):
         if value.startswith(OUTPUT_PREFIX):
             yield "output", value[len(OUTPUT_PREFIX) :].split(".")[0]
         elif "{{" in value:
             for source in template_expressions(value):
-                yield "expression", source
+                yield ("path" if input_path(source) is not None else "expression"), source
     elif isinstance(value, Mapping):
         for item in value.values():
             yield from references(item)
@@ -69,3 +73,20 @@ def compile_all(value: Any) -> None:
     for kind, source in references(value):
         if kind == "expression":
             compile_expression(source)
+
+
+def json_or_text(template: Any, value: Any) -> Any:
+    """A TRANSFORM's rendered text template: the value it spells when it is JSON, else the text.
+
+    The platform's editor writes JSON templates (`{"value": "{{delayMs}}"}`) as text. A
+    template that is one placeholder (`{{ input.text }}`) already has its value's own type.
+    """
+    if not isinstance(template, str) or not isinstance(value, str):
+        return value
+    whole = template.strip()
+    if len(template_expressions(whole)) == 1 and whole.startswith("{{") and whole.endswith("}}"):
+        return value
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value

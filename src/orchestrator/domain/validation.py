@@ -173,14 +173,7 @@ def _node_problems(node: Node, path: str, ids: set[str]) -> list[Problem]:
         else:
             problems += _expression(config["condition"], f"{cpath}.condition")
     elif node.type == NodeType.TRANSFORM:
-        if not any(k in config for k in ("expression", "template", "inputMapping")):
-            problems.append(
-                Problem(
-                    cpath,
-                    "a TRANSFORM node needs config.expression, config.template "
-                    "or config.inputMapping",
-                )
-            )
+        # Without expression or template it passes its input on, as in the seed.
         if "expression" in config:
             problems += _expression(config["expression"], f"{cpath}.expression")
         problems += _mapping_problems(config.get("template"), f"{cpath}.template", ids)
