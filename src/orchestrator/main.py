@@ -165,9 +165,10 @@ def create_app(settings: Settings | None = None) -> Any:
         allow_headers=["*"],
         allow_credentials="*" not in settings.cors_origin,
     )
-    api.include_router(health.router)
-    api.include_router(executions.router)
-    api.include_router(workflows.router)
+    for router in (health.router, executions.router, workflows.router):
+        api.include_router(router)
+        if settings.api_prefix:
+            api.include_router(router, prefix=settings.api_prefix, include_in_schema=False)
 
     def services() -> ExecutionServices:
         if runtime is None:

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     max_node_output_bytes: int = Field(1_048_576, ge=1024)
     max_execution_state_bytes: int = Field(16_777_216, ge=1024)
     keep_alive_seconds: int = Field(75, ge=1, le=3600)
+    api_prefix: str = Field("", max_length=200)
 
     @field_validator("cors_origin", mode="before")
     @classmethod
@@ -65,6 +66,14 @@ class Settings(BaseSettings):
     @classmethod
     def _async_driver(cls, value: str) -> str:
         return async_database_url(value)
+
+    @field_validator("api_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        value = value.strip()
+        if value and (not value.startswith("/") or value.endswith("/")):
+            raise ValueError("must start with / and not end with /, e.g. /api")
+        return value
 
     @field_validator("heartbeat_seconds")
     @classmethod

@@ -83,6 +83,7 @@ async def test_subscribe_is_answered_then_the_snapshot_and_the_ack(
             "workflowId",
             "status",
             "currentNodeId",
+            "currentNodeName",
             "nodeExecutions",
             "output",
             "error",
@@ -143,6 +144,7 @@ async def test_a_run_with_retries_arrives_in_order_with_nothing_missing(
         assert set(update) == {
             "executionId",
             "nodeId",
+            "nodeName",
             "nodeType",
             "status",
             "attempt",

@@ -254,8 +254,8 @@ async def store_old_rows(
         [node_row(execution.id, i, n) for i, n in enumerate(execution.nodes.values())],
     )
     payloads = [
-        ("node:update", node_update(execution.id, execution.nodes["deep"], 1, T0)),
-        ("execution:update", snapshot(execution, T0)),
+        ("node:update", node_update(execution.id, execution.nodes["deep"], 1, T0, {})),
+        ("execution:update", snapshot(execution, T0, {})),
     ]
     await connection.execute(
         insert(execution_events),

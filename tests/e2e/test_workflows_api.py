@@ -307,7 +307,8 @@ async def test_the_list_pages_newest_first_and_filters(api: httpx.AsyncClient) -
     actives = await listed(api, userId=me, status="ACTIVE")
     default = await listed(api, userId=me)
 
-    assert set(first) == {"workflows", "total", "page", "limit"}
+    assert set(first) == {"workflows", "data", "total", "page", "limit"}
+    assert first["data"] == first["workflows"]
     assert (first["total"], first["page"], first["limit"]) == (4, 1, 3)
     assert [w["id"] for w in first["workflows"] + second["workflows"]] == newest_first
     assert (second["page"], len(second["workflows"])) == (2, 1)

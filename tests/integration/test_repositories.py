@@ -652,7 +652,7 @@ async def cancel(
     """What the cancel use case writes: the domain's cancel, fenced on the seq it read."""
     previous = execution.last_seq
     nodes = [n for n in execution.nodes.values() if not n.status.terminal]
-    events = render(execution, execution.cancel(now))
+    events = render(execution, execution.cancel(now), {})
     async with SqlUnitOfWork(engine) as uow:
         written = await uow.executions.write_step(execution, previous, nodes, events)
         await uow.commit()

@@ -308,7 +308,7 @@ async def step(
     pending_step.events += execution.begin(now)
     pending_step.events += execution.start_node("start", 1, {"n": 0}, now)
     pending_step.nodes["start"] = execution.nodes["start"]
-    return execution, pending_step, render(execution, pending_step.events)
+    return execution, pending_step, render(execution, pending_step.events, {})
 
 
 async def cancel(engine: AsyncEngine, execution_id: str) -> None:
@@ -318,7 +318,7 @@ async def cancel(engine: AsyncEngine, execution_id: str) -> None:
         assert execution is not None
         previous = execution.last_seq
         nodes = list(execution.nodes.values())
-        events = render(execution, execution.cancel(T0))
+        events = render(execution, execution.cancel(T0), {})
         assert await uow.executions.write_step(execution, previous, nodes, events)
         await uow.commit()
 

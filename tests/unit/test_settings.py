@@ -49,6 +49,22 @@ def test_origins_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> 
     ]
 
 
+@pytest.mark.parametrize(("given", "expected"), [("", ""), ("/api", "/api"), (" /v1/x ", "/v1/x")])
+def test_the_api_prefix_is_empty_or_a_path(
+    monkeypatch: pytest.MonkeyPatch, given: str, expected: str
+) -> None:
+    monkeypatch.setenv("API_PREFIX", given)
+    assert Settings(_env_file=None).api_prefix == expected
+
+
+@pytest.mark.parametrize("given", ["api", "/api/", "/"])
+def test_a_malformed_api_prefix_is_refused(monkeypatch: pytest.MonkeyPatch, given: str) -> None:
+    monkeypatch.setenv("API_PREFIX", given)
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    assert describe_errors(caught.value)[0].startswith("API_PREFIX: Value error, must start with /")
+
+
 def test_every_bad_value_gets_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "abc")
     monkeypatch.setenv("EXECUTION_TIMEOUT", "-5")

@@ -1,8 +1,13 @@
-"""Domain events to wire events: the one place where Socket.IO payloads are rendered."""
+"""Domain events to wire events: the one place where Socket.IO payloads are rendered.
+
+`names` maps a node id to the name a user sees (`Definition.display_names()`); a node that is
+not in it is shown by its id.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.application.ports import ExecutionEvent
@@ -12,28 +17,33 @@ from orchestrator.domain.execution import (
     ExecutionErrored,
     ExecutionUpdated,
     NodeExecution,
+    NodeStatus,
     NodeUpdated,
     WorkflowExecution,
 )
 
 
-def render(execution: WorkflowExecution, events: list[DomainEvent]) -> list[ExecutionEvent]:
+def render(
+    execution: WorkflowExecution, events: list[DomainEvent], names: Mapping[str, str]
+) -> list[ExecutionEvent]:
     """The wire events of an execution's domain events, in order."""
-    return [_render(execution, event) for event in events]
+    return [_render(execution, event, names) for event in events]
 
 
-def _render(execution: WorkflowExecution, event: DomainEvent) -> ExecutionEvent:
+def _render(
+    execution: WorkflowExecution, event: DomainEvent, names: Mapping[str, str]
+) -> ExecutionEvent:
     match event:
         case NodeUpdated(seq, at, node):
-            return ExecutionEvent(
-                execution.id, seq, "node:update", node_update(execution.id, node, seq, at)
-            )
+            payload = node_update(execution.id, node, seq, at, names)
+            return ExecutionEvent(execution.id, seq, "node:update", payload)
         case ExecutionUpdated(seq, at, status, current, output, error, nodes):
             payload = {
                 "executionId": execution.id,
                 "workflowId": execution.workflow_id,
                 "status": status.value,
                 "currentNodeId": current,
+                "currentNodeName": None if current is None else names.get(current, current),
                 "nodeExecutions": [node_view(n) for n in nodes],
                 "output": output,
                 "error": error,
@@ -54,12 +64,17 @@ def _render(execution: WorkflowExecution, event: DomainEvent) -> ExecutionEvent:
 
 
 def node_update(
-    execution_id: str, node: NodeExecution, seq: int, at: dt.datetime
+    execution_id: str,
+    node: NodeExecution,
+    seq: int,
+    at: dt.datetime,
+    names: Mapping[str, str],
 ) -> dict[str, Any]:
     """Payload of `node:update`; `attempt` is 1-based."""
     return {
         "executionId": execution_id,
         "nodeId": node.node_id,
+        "nodeName": names.get(node.node_id, node.node_id),
         "nodeType": node.node_type.value,
         "status": node.status.value,
         "attempt": node.retry_count + 1,
@@ -69,7 +84,9 @@ def node_update(
     }
 
 
-def snapshot(execution: WorkflowExecution, at: dt.datetime) -> dict[str, Any]:
+def snapshot(
+    execution: WorkflowExecution, at: dt.datetime, names: Mapping[str, str]
+) -> dict[str, Any]:
     """The `execution:update` a new subscriber is sent: the current state, at `lastSeq`."""
     event = ExecutionUpdated(
         execution.last_seq,
@@ -80,4 +97,20 @@ def snapshot(execution: WorkflowExecution, at: dt.datetime) -> dict[str, Any]:
         execution.error,
         tuple(execution.nodes.values()),
     )
-    return _render(execution, event).payload
+    return _render(execution, event, names).payload
+
+
+def replay(
+    execution: WorkflowExecution, at: dt.datetime, names: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """The `node:update` of each node that has started, in `names` order, at `lastSeq`.
+
+    Sent after a `join`'s snapshot so that a view that reads only `node:update` paints every
+    node: a picture of the state at the snapshot's seq, not new events.
+    """
+    started = [
+        execution.nodes[node_id]
+        for node_id in names
+        if node_id in execution.nodes and execution.nodes[node_id].status != NodeStatus.PENDING
+    ]
+    return [node_update(execution.id, n, execution.last_seq, at, names) for n in started]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,10 +86,12 @@ async def execute_workflow(
     node_input: Any,
     user_id: str | None,
     idempotency_key: str | None,
+    disabled_node_types: Collection[str] = (),
 ) -> WorkflowExecution:
     """Start an execution of the workflow's current version; it runs in the background.
 
-    The same Idempotency-Key gives back the execution it started the first time.
+    The same Idempotency-Key gives back the execution it started the first time. A current
+    version with a node of one of `disabled_node_types` is refused, naming those nodes.
     """
     key = scoped_key(user_id, idempotency_key)
     async with services.uow_factory() as uow:
@@ -96,6 +99,7 @@ async def execute_workflow(
         if workflow is None or not visible(workflow.user_id, user_id):
             raise NotFound("Workflow", workflow_id)
         workflow.ensure_executable()
+        workflow.definition.ensure_types_enabled(disabled_node_types)
         candidate = _new_execution(
             services, workflow.id, workflow.definition, node_input, user_id, key
         )
@@ -153,7 +157,11 @@ async def cancel_execution(
                 raise Conflict(f"Execution {execution_id} is already {execution.status}")
             previous_seq = execution.last_seq
             unfinished = [n for n in execution.nodes.values() if not n.status.terminal]
-            events = render(execution, execution.cancel(services.clock.now()))
+            definition = await uow.workflows.definition(
+                execution.workflow_id, execution.workflow_version
+            )
+            names = {} if definition is None else definition.display_names()
+            events = render(execution, execution.cancel(services.clock.now()), names)
             if not await uow.executions.write_step(execution, previous_seq, unfinished, events):
                 raise ConcurrentChange(f"Execution {execution_id} changed while cancelling")
             await uow.commit()

@@ -30,14 +30,21 @@ class WorkflowChanges:
 def definition_problems(definition: Definition, limits: ValueLimits) -> list[Problem]:
     """Every problem of the definition; an empty list means it may be stored.
 
-    A config over the value bounds is reported alone: the other rules walk the configs.
+    A config or schema over the value bounds is reported alone: the other rules walk the configs.
     """
+    bounded: list[tuple[str, Any]] = [
+        (f"definition.nodes[{i}].config", n.config) for i, n in enumerate(definition.nodes)
+    ]
+    bounded += [
+        ("definition.inputSchema", definition.input_schema),
+        ("definition.outputSchema", definition.output_schema),
+    ]
     bounds = []
-    for i, node in enumerate(definition.nodes):
+    for path, value in bounded:
         try:
-            limits.check(node.config, "config")
+            limits.check(value, path.rsplit(".", 1)[-1])
         except ValueTooLarge as exc:
-            bounds.append(Problem(f"definition.nodes[{i}].config", exc.message))
+            bounds.append(Problem(path, exc.message))
     return bounds or validate_definition(definition)
 
 

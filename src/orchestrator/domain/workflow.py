@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from orchestrator.domain.errors import Conflict, IllegalTransition
+from orchestrator.domain.errors import Conflict, IllegalTransition, Problem, ValidationFailed
 
 
 class WorkflowStatus(StrEnum):
@@ -48,6 +49,11 @@ class Node:
     name: str | None = None
     position: dict[str, float] | None = None
 
+    @property
+    def display_name(self) -> str:
+        """The name a user sees: the node's name, else its id."""
+        return self.name or self.id
+
 
 @dataclass(frozen=True)
 class Edge:
@@ -67,6 +73,8 @@ class Definition:
     nodes: tuple[Node, ...]
     edges: tuple[Edge, ...]
     version: int = 1
+    input_schema: dict[str, Any] | None = None
+    output_schema: dict[str, Any] | None = None
 
     def node(self, node_id: str) -> Node:
         """The node with this id (KeyError when absent)."""
@@ -75,9 +83,40 @@ class Definition:
                 return node
         raise KeyError(node_id)
 
+    def display_names(self) -> dict[str, str]:
+        """Each node's display name, by node id, in definition order."""
+        return {node.id: node.display_name for node in self.nodes}
+
     def same_graph(self, other: Definition) -> bool:
-        """True when both describe the same graph, whatever their version numbers."""
-        return self.nodes == other.nodes and self.edges == other.edges
+        """True when both describe the same graph and schemas, whatever their version numbers."""
+        return (
+            self.nodes == other.nodes
+            and self.edges == other.edges
+            and self.input_schema == other.input_schema
+            and self.output_schema == other.output_schema
+        )
+
+    def ensure_types_enabled(self, disabled_types: Iterable[str]) -> None:
+        """Refuse to run when a node is of a type disabled for this execution (case-insensitive).
+
+        Raises ValidationFailed naming each disabled type in use and its nodes.
+        """
+        disabled = {name.strip().upper() for name in disabled_types}
+        used: dict[str, list[str]] = {}
+        for node in self.nodes:
+            if node.type.value in disabled:
+                used.setdefault(node.type.value, []).append(node.id)
+        if not used:
+            return
+        parts = [f"{kind} (nodes {', '.join(ids)})" for kind, ids in used.items()]
+        raise ValidationFailed(
+            f"Node types disabled for this execution: {'; '.join(parts)}",
+            [
+                Problem("disabledNodeTypes", f"node {node_id} is of disabled type {kind}")
+                for kind, ids in used.items()
+                for node_id in ids
+            ],
+        )
 
 
 @dataclass

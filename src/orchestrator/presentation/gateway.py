@@ -6,7 +6,11 @@ client's callback receives):
 - `subscribe` (alias `join`): joins the room `execution:{executionId}`; answered with
   `subscribed` (`joined`) `{executionId}`, then the execution's current state as an
   `execution:update` whose `seq` is that of the last event committed, then the acknowledgement
-  `{ok: true, executionId, seq}`. Subscribing again sends a fresh snapshot.
+  `{ok: true, executionId, seq}`. A `join` also sends, after the snapshot, one `node:update`
+  per node that has started, in definition order, each with the snapshot's `seq` (a picture of
+  the state, not new events), as the platform's service does. A connection already following
+  the execution (the platform's frontend sends both `join` and `subscribe`) gets the answer and
+  the acknowledgement only: one snapshot, one replay.
 - `unsubscribe` (alias `leave`): leaves the room; answered with `unsubscribed` (`left`)
   `{executionId}` and `{ok: true, executionId}`.
 
@@ -39,11 +43,12 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import socketio
 
-from orchestrator.application.events import snapshot
+from orchestrator.application.events import replay, snapshot
 from orchestrator.application.executions import (
     MAX_EVENTS_PAGE,
     ExecutionServices,
@@ -51,6 +56,7 @@ from orchestrator.application.executions import (
     get_execution,
 )
 from orchestrator.domain.errors import NotFound
+from orchestrator.domain.execution import WorkflowExecution
 from orchestrator.infrastructure.db.errors import is_outage
 from orchestrator.infrastructure.realtime.publisher import (
     NAMESPACE,
@@ -97,7 +103,8 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         manager.on_gap = self._on_gap
         for message, answer in (("subscribe", "subscribed"), ("join", "joined")):
-            sio.on(message, self._handler(message, answer, self._join), namespace=NAMESPACE)
+            action = partial(self._join, replay_nodes=message == "join")
+            sio.on(message, self._handler(message, answer, action), namespace=NAMESPACE)
         for message, answer in (("unsubscribe", "unsubscribed"), ("leave", "left")):
             sio.on(message, self._handler(message, answer, self._leave), namespace=NAMESPACE)
         sio.on("connect", self._connect, namespace=NAMESPACE)
@@ -138,12 +145,16 @@ class Gateway:
 
         return handler
 
-    async def _join(self, sid: str, execution_id: str, answer: str) -> dict[str, Any] | str:
+    async def _join(
+        self, sid: str, execution_id: str, answer: str, *, replay_nodes: bool
+    ) -> dict[str, Any] | str:
         """Follow the execution: snapshot first, then its events from the snapshot's seq on."""
         room = room_of(execution_id)
         followed = self._manager.followed(sid)
-        already = room in followed
-        if not already and len(followed) >= self._max:
+        if room in followed:
+            await self._send(sid, answer, {"executionId": execution_id})
+            return {"ok": True, "executionId": execution_id, "seq": followed[room].last_seq}
+        if len(followed) >= self._max:
             return f"too many subscriptions: at most {self._max} per connection"
         # Hold the room's events back for this connection, join, then read the snapshot: an
         # event committed after the read is held and sent after the snapshot; one committed
@@ -152,13 +163,10 @@ class Gateway:
         await self._sio.enter_room(sid, room, namespace=NAMESPACE)
         try:
             async with self._lookups:
-                execution = await get_execution(self._services(), execution_id, None)
+                execution, names = await self._read(execution_id)
         except Exception as exc:
-            if already:
-                await self._release(sid, room, delivery)
-            else:
-                self._manager.forget(sid, room)
-                await self._sio.leave_room(sid, room, namespace=NAMESPACE)
+            self._manager.forget(sid, room)
+            await self._sio.leave_room(sid, room, namespace=NAMESPACE)
             if isinstance(exc, NotFound):
                 return f"Execution {execution_id} not found"
             if not is_outage(exc):
@@ -166,10 +174,23 @@ class Gateway:
             return "could not subscribe now; try again"
         await self._send(sid, answer, {"executionId": execution_id})
         now = dt.datetime.now(dt.UTC)
-        await self._send(sid, "execution:update", snapshot(execution, now))
+        await self._send(sid, "execution:update", snapshot(execution, now, names))
+        if replay_nodes:
+            for node in replay(execution, now, names):
+                await self._send(sid, "node:update", node)
         delivery.last_seq = max(delivery.last_seq, execution.last_seq)
         await self._release(sid, room, delivery)
         return {"ok": True, "executionId": execution_id, "seq": execution.last_seq}
+
+    async def _read(self, execution_id: str) -> tuple[WorkflowExecution, dict[str, str]]:
+        """The execution and the display names of its workflow version's nodes."""
+        services = self._services()
+        execution = await get_execution(services, execution_id, None)
+        async with services.uow_factory() as uow:
+            definition = await uow.workflows.definition(
+                execution.workflow_id, execution.workflow_version
+            )
+        return execution, {} if definition is None else definition.display_names()
 
     async def _leave(self, sid: str, execution_id: str, answer: str) -> dict[str, Any] | str:
         room = room_of(execution_id)

@@ -34,7 +34,12 @@ def definition_to_json(definition: Definition) -> dict[str, Any]:
         if edge.source_handle is not None:
             item["sourceHandle"] = edge.source_handle
         edges.append(item)
-    return {"nodes": nodes, "edges": edges, "version": definition.version}
+    stored: dict[str, Any] = {"nodes": nodes, "edges": edges, "version": definition.version}
+    if definition.input_schema is not None:
+        stored["inputSchema"] = definition.input_schema
+    if definition.output_schema is not None:
+        stored["outputSchema"] = definition.output_schema
+    return stored
 
 
 def definition_from_json(data: Mapping[str, Any]) -> Definition:
@@ -61,6 +66,8 @@ def definition_from_json(data: Mapping[str, Any]) -> Definition:
             for e in data["edges"]
         ),
         version=int(data.get("version", 1)),
+        input_schema=data.get("inputSchema"),
+        output_schema=data.get("outputSchema"),
     )
 
 

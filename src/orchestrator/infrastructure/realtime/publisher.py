@@ -146,12 +146,18 @@ class SequencedRedisManager(socketio.AsyncRedisManager, SequencedManager):  # ty
 def build_server(
     cors_origins: list[str], redis_url: str | None, channel: str = DEFAULT_CHANNEL
 ) -> socketio.AsyncServer:
-    """The Socket.IO server; with `redis_url` an event reaches subscribers on every replica."""
+    """The Socket.IO server; with `redis_url` an event reaches subscribers on every replica.
+
+    CORS as on the REST side: with `*` any origin, without credentials; with a list, those
+    origins only, with credentials.
+    """
     manager = SequencedRedisManager(redis_url, channel) if redis_url else SequencedManager()
-    origins: Any = "*" if "*" in cors_origins else cors_origins
+    anyone = "*" in cors_origins
+    origins: Any = "*" if anyone else cors_origins
     return socketio.AsyncServer(
         async_mode="asgi",
         cors_allowed_origins=origins,
+        cors_credentials=not anyone,
         client_manager=manager,
         ping_interval=20,
         ping_timeout=20,

@@ -72,6 +72,7 @@ class Driver:
         self._store = store
         self._claim = claim
         self._workflow = workflow
+        self._names = workflow.definition.display_names()
         self._execution = execution
         self._work = work
         self._publisher = publisher
@@ -168,7 +169,7 @@ class Driver:
         await self._apply(result)
 
     async def _commit(self, step: Step) -> None:
-        events = render(self._execution, step.events)
+        events = render(self._execution, step.events, self._names)
         try:
             await self._store.commit(self._claim, self._execution, step, events)
         except Exception as exc:

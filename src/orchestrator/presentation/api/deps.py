@@ -72,6 +72,32 @@ async def get_page(
 PageDep = Annotated[Page, Depends(get_page)]
 
 
+async def get_workflow_page(
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    limit: Annotated[int | None, Query(ge=1, le=100)] = None,
+    page_size: Annotated[
+        int | None,
+        Query(alias="pageSize", ge=1, le=100, description="The platform frontend's `limit`"),
+    ] = None,
+) -> Page:
+    """`page` and `limit`, or `pageSize` in place of `limit`; both at once is a 400."""
+    if limit is not None and page_size is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "pageSize"),
+                    "msg": "give either limit or pageSize, not both",
+                    "input": page_size,
+                }
+            ]
+        )
+    return Page(page=page, limit=limit or page_size or 10)
+
+
+WorkflowPageDep = Annotated[Page, Depends(get_workflow_page)]
+
+
 async def get_detail(
     include: Annotated[
         list[str] | None,

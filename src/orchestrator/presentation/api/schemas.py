@@ -63,6 +63,8 @@ class DefinitionIn(WireModel):
     nodes: list[NodeIn]
     edges: list[EdgeIn] = Field(default_factory=list)
     version: int | None = None
+    input_schema: StoredObject | None = None
+    output_schema: StoredObject | None = None
 
     def to_domain(self) -> Definition:
         """The domain definition."""
@@ -80,6 +82,8 @@ class DefinitionIn(WireModel):
             edges=tuple(
                 Edge(e.id, e.source, e.target, e.condition, e.source_handle) for e in self.edges
             ),
+            input_schema=self.input_schema,
+            output_schema=self.output_schema,
         )
 
 
@@ -89,6 +93,8 @@ class DefinitionOut(WireModel):
     nodes: list[NodeIn]
     edges: list[EdgeIn]
     version: int
+    input_schema: StoredObject | None = None
+    output_schema: StoredObject | None = None
 
     @classmethod
     def of(cls, definition: Definition) -> DefinitionOut:
@@ -115,6 +121,8 @@ class DefinitionOut(WireModel):
                 for e in definition.edges
             ],
             version=definition.version,
+            input_schema=definition.input_schema,
+            output_schema=definition.output_schema,
         )
 
 
@@ -128,7 +136,8 @@ class WorkflowCreate(WireModel):
 
 
 class WorkflowPatch(WireModel):
-    """Body of PATCH /workflows/{id}: every field optional."""
+    """Body of PATCH /workflows/{id} and of the editor's PUT /workflows/{id}: every field
+    optional; those given replace the stored ones."""
 
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=10_000)
@@ -170,9 +179,10 @@ class WorkflowOut(WireModel):
 
 
 class WorkflowList(WireModel):
-    """A page of workflows."""
+    """A page of workflows; `data` is the same list, as the platform's frontend reads it."""
 
     workflows: list[WorkflowOut]
+    data: list[WorkflowOut]
     total: int
     page: int
     limit: int
@@ -216,13 +226,29 @@ class ValidationResult(WireModel):
     problems: list[Problem]
 
 
-class ExecuteIn(WireModel):
-    """Body of POST /workflows/execute."""
+NodeTypeNames = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=50)]],
+    Field(
+        max_length=100,
+        description="Node types (case-insensitive) this execution must not run: "
+        "a workflow using one is refused with 400",
+    ),
+]
 
-    workflow_id: Id
+
+class ExecuteWorkflowIn(WireModel):
+    """Body of POST /workflows/{id}/execute."""
+
     input: Any = Field(
         None, description="Nested at most MAX_VALUE_DEPTH levels; at most MAX_NODE_OUTPUT_BYTES"
     )
+    disabled_node_types: NodeTypeNames = Field(default_factory=list)
+
+
+class ExecuteIn(ExecuteWorkflowIn):
+    """Body of POST /workflows/execute."""
+
+    workflow_id: Id
 
 
 class AttemptOut(WireModel):

@@ -8,12 +8,19 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from orchestrator.application import executions as use
 from orchestrator.domain.execution import ExecutionStatus
-from orchestrator.presentation.api.deps import ContextDep, DetailDep, PageDep, UserIdDep
+from orchestrator.presentation.api.deps import (
+    AppContext,
+    ContextDep,
+    DetailDep,
+    PageDep,
+    UserIdDep,
+)
 from orchestrator.presentation.api.readable import ReadableRoute
 from orchestrator.presentation.api.schemas import (
     EventList,
     EventOut,
     ExecuteIn,
+    ExecuteWorkflowIn,
     ExecutionList,
     ExecutionOut,
     ExecutionSummary,
@@ -33,11 +40,41 @@ async def execute_workflow(
 ) -> ExecutionOut:
     """Start an execution of an ACTIVE workflow; it runs in the background.
 
-    An input over MAX_VALUE_DEPTH or MAX_NODE_OUTPUT_BYTES is a 400, and nothing is stored.
+    An input over MAX_VALUE_DEPTH or MAX_NODE_OUTPUT_BYTES is a 400, and nothing is stored;
+    so is a workflow using a node type named in `disabledNodeTypes`.
     """
+    return await _execute(context, body.workflow_id, body, user_id, idempotency_key)
+
+
+@router.post(
+    "/{workflow_id}/execute", status_code=status.HTTP_202_ACCEPTED, response_model=ExecutionOut
+)
+async def execute_workflow_by_id(
+    workflow_id: str,
+    body: ExecuteWorkflowIn,
+    context: ContextDep,
+    user_id: UserIdDep,
+    idempotency_key: IdempotencyKey = None,
+) -> ExecutionOut:
+    """Start an execution of this ACTIVE workflow, as POST /workflows/execute does."""
+    return await _execute(context, workflow_id, body, user_id, idempotency_key)
+
+
+async def _execute(
+    context: AppContext,
+    workflow_id: str,
+    body: ExecuteWorkflowIn,
+    user_id: str | None,
+    idempotency_key: str | None,
+) -> ExecutionOut:
     context.value_limits.check(body.input, "input")
     execution = await use.execute_workflow(
-        context.executions, body.workflow_id, body.input, user_id, idempotency_key
+        context.executions,
+        workflow_id,
+        body.input,
+        user_id,
+        idempotency_key,
+        body.disabled_node_types,
     )
     return ExecutionOut.of(execution)
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from orchestrator.application import workflows as use
 from orchestrator.domain.workflow import WorkflowStatus
-from orchestrator.presentation.api.deps import ContextDep, PageDep, UserIdDep
+from orchestrator.presentation.api.deps import ContextDep, UserIdDep, WorkflowPageDep
 from orchestrator.presentation.api.readable import ReadableRoute
 from orchestrator.presentation.api.schemas import (
     Problem,
@@ -46,15 +46,14 @@ async def create_workflow(
 @router.get("", response_model=WorkflowList)
 async def list_workflows(
     context: ContextDep,
-    page: PageDep,
+    page: WorkflowPageDep,
     user_id: UserIdDep,
     status_filter: Annotated[WorkflowStatus | None, Query(alias="status")] = None,
 ) -> WorkflowList:
     """A page of workflows, newest first."""
     items, total = await use.list_workflows(context.uow_factory, page, user_id, status_filter)
-    return WorkflowList(
-        workflows=[WorkflowOut.of(w) for w in items], total=total, page=page.page, limit=page.limit
-    )
+    shown = [WorkflowOut.of(w) for w in items]
+    return WorkflowList(workflows=shown, data=shown, total=total, page=page.page, limit=page.limit)
 
 
 @router.post("/validate", response_model=ValidationResult)
@@ -72,11 +71,13 @@ async def get_workflow(workflow_id: str, context: ContextDep, user_id: UserIdDep
     return WorkflowOut.of(await use.get_workflow(context.uow_factory, workflow_id, user_id))
 
 
+@router.put("/{workflow_id}", response_model=WorkflowOut)
 @router.patch("/{workflow_id}", response_model=WorkflowOut)
 async def update_workflow(
     workflow_id: str, body: WorkflowPatch, context: ContextDep, user_id: UserIdDep
 ) -> WorkflowOut:
-    """Change name, description, definition (a new version) or status."""
+    """Change name, description, definition (a new version) or status; PUT is the editor's save
+    and replaces the fields it sends."""
     fields = body.model_fields_set
     changes = use.WorkflowChanges(
         name=body.name,
