@@ -459,8 +459,17 @@ async def test_subscriptions_in_the_midst_of_fast_runs_see_each_event_once_in_or
         await client.connect()
         for execution_id in ids:
             await client.subscribe(execution_id)
-        for execution_id in ids:
-            await client.wait_finished(execution_id)
+        try:
+            for execution_id in ids:
+                await client.wait_finished(execution_id)
+        except AssertionError:
+            # Say whether the run was slow or its events did not arrive.
+            states = []
+            for execution_id in ids:
+                stored = (await api.get(f"/workflows/executions/{execution_id}")).json()
+                last = [e.data.get("seq") for e in client.execution_events(execution_id)][-1:]
+                states.append(f"{stored['status']} lastSeq={stored['lastSeq']} got up to {last}")
+            raise AssertionError("; ".join(states)) from None
         await client.close()
         return client
 

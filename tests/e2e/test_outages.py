@@ -7,6 +7,7 @@ the machine's PostgreSQL itself is never stopped (other tests share it).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 
 import asyncpg
@@ -42,11 +43,28 @@ async def test_database_outage_answers_503_and_loses_nothing(pg_url: str, standi
     assert notes["finished s after restore"] < 20, summary
 
 
-async def _held_by_now(db: asyncpg.Connection, execution_id: str, process: Process) -> bool:
-    owner = await db.fetchval(
-        "SELECT lease_owner FROM executions WHERE id = $1 AND status = 'RUNNING'", execution_id
+async def _running_on(
+    db: asyncpg.Connection, execution_id: str, process: Process, since: dt.datetime
+) -> bool:
+    """The process holds the execution and has (re)started its node a1 since `since`.
+
+    Holding the lease is not enough: a runner that claims an execution past MAX_RECOVERIES
+    fails it without running anything, and a kill in that moment would be one too many.
+    """
+    row = await db.fetchrow(
+        """
+        SELECT e.lease_owner, (n.attempts -> -1 ->> 's')::timestamptz AS attempt_started
+        FROM executions e JOIN node_executions n ON n.execution_id = e.id AND n.node_id = 'a1'
+        WHERE e.id = $1 AND e.status = 'RUNNING' AND n.status = 'RUNNING'
+        """,
+        execution_id,
     )
-    return isinstance(owner, str) and f":{process.pid}:" in owner
+    return (
+        row is not None
+        and isinstance(row["lease_owner"], str)
+        and f":{process.pid}:" in row["lease_owner"]
+        and row["attempt_started"] >= since
+    )
 
 
 async def test_poison_execution_fails_after_max_recoveries(pg_url: str, standin: str) -> None:
@@ -70,6 +88,7 @@ async def test_poison_execution_fails_after_max_recoveries(pg_url: str, standin:
                 (poison,) = await faults.submit(client, lambda: apis, poison_wf, 1, "poison")
                 healthy: list[str] = []
                 kills = 0
+                since = dt.datetime.min.replace(tzinfo=dt.UTC)
                 deadline = time.monotonic() + 60
                 while True:
                     # Others run alongside on every replica, and finish before it dies.
@@ -78,7 +97,7 @@ async def test_poison_execution_fails_after_max_recoveries(pg_url: str, standin:
                     )
                     healthy += batch
                     await faults.wait_finished(db, batch, timeout=20)
-                    while not await _held_by_now(db, poison, replica):
+                    while not await _running_on(db, poison, replica, since):
                         status = await db.fetchval(
                             "SELECT status FROM executions WHERE id = $1", poison
                         )
@@ -87,6 +106,7 @@ async def test_poison_execution_fails_after_max_recoveries(pg_url: str, standin:
                         await asyncio.sleep(0.05)
                     else:
                         replica.kill()  # it crashes while the poison's node runs
+                        since = await db.fetchval("SELECT now()")
                         kills += 1
                         replica = await fleet.start()
                         apis[0] = base_url(replica)
