@@ -257,7 +257,11 @@ def _placeholder(source: str, context: Mapping[str, Any]) -> Any:
     path = input_path(source)
     if path is None:
         return compile_expression(source).evaluate(context)
-    value = context.get("input")
+    return path_get(context.get("input"), path)
+
+
+def path_get(value: Any, path: list[str]) -> Any:
+    """The value at a dotted path (object keys, list indices), or None where it has none."""
     for part in path:
         if isinstance(value, Mapping) and part in value:
             value = value[part]

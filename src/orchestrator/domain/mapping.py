@@ -10,23 +10,13 @@ import orjson
 from orchestrator.domain.expressions import (
     compile_expression,
     input_path,
+    path_get,
     render_template_string,
     template_expressions,
 )
 
 VARIABLES_PREFIX = "$variables"
 OUTPUT_PREFIX = "$output."
-
-
-def _path_get(value: Any, path: list[str]) -> Any:
-    for part in path:
-        if isinstance(value, Mapping) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return None
-    return value
 
 
 def resolve(value: Any, context: Mapping[str, Any]) -> Any:
@@ -38,9 +28,9 @@ def resolve(value: Any, context: Mapping[str, Any]) -> Any:
         if value == VARIABLES_PREFIX:
             return context["variables"]
         if value.startswith(VARIABLES_PREFIX + "."):
-            return _path_get(context["variables"], value[len(VARIABLES_PREFIX) + 1 :].split("."))
+            return path_get(context["variables"], value[len(VARIABLES_PREFIX) + 1 :].split("."))
         if value.startswith(OUTPUT_PREFIX):
-            return _path_get(context["outputs"], value[len(OUTPUT_PREFIX) :].split("."))
+            return path_get(context["outputs"], value[len(OUTPUT_PREFIX) :].split("."))
         if "{{" in value:
             return render_template_string(value, context)
         return value
