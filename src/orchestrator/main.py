@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orchestrator.application.executions import ExecutionServices
+from orchestrator.application.executions import ExecutionServices, Subworkflows
 from orchestrator.application.nodes import NodeWork
 from orchestrator.application.ports import EventPublisher, RunnerSignals
 from orchestrator.domain.engine import Limits
@@ -49,6 +49,9 @@ class NoRunner:
     def cancelled(self, execution_id: str) -> None:
         """Nothing in flight here."""
 
+    def woken(self, execution_id: str) -> None:
+        """Another process's runner claims it at its next poll."""
+
 
 @dataclass
 class Runtime:
@@ -73,6 +76,7 @@ class Runtime:
         clock = SystemClock()
         runner: Runner | None = None
         evaluator: BoundedEvaluator | None = None
+        children = Subworkflows(settings.max_subworkflow_depth)
         if with_runner:
             config = RunnerConfig(
                 max_concurrent=settings.max_concurrent_executions,
@@ -101,6 +105,7 @@ class Runtime:
                 TenacityRetrier(),
                 evaluator,
                 settings.max_retry_attempts,
+                children,
             )
             store = RunnerStore(engine, new_owner_id(), lease_of(config))
             runner = Runner(store, work, publisher, clock, config)
@@ -115,6 +120,7 @@ class Runtime:
             retry_conflicts=retry_conflicts,
             execution_timeout_s=settings.execution_timeout_s,
         )
+        children.services = services
         return cls(settings, engine, http, runner, evaluator, services)
 
     async def stop(self) -> None:

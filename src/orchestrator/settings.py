@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_execution_state_bytes: int = Field(16_777_216, ge=1024)
     keep_alive_seconds: int = Field(75, ge=1, le=3600)
     api_prefix: str = Field("", max_length=200)
+    max_subworkflow_depth: int = Field(10, ge=1, le=100)
 
     @field_validator("cors_origin", mode="before")
     @classmethod

@@ -192,6 +192,7 @@ def old_execution(
             completed_at=done,
             attempts=[Attempt(1, T0, done, None)],
             finished_order=position,
+            position=position,
         )
         for position, (node_id, node_type, value) in enumerate(
             [
@@ -251,7 +252,7 @@ async def store_old_rows(
     await connection.execute(insert(executions).values(execution_row(execution)))
     await connection.execute(
         insert(node_executions),
-        [node_row(execution.id, i, n) for i, n in enumerate(execution.nodes.values())],
+        [node_row(execution.id, n) for n in execution.nodes.values()],
     )
     payloads = [
         ("node:update", node_update(execution.id, execution.nodes["deep"], 1, T0, {})),

@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.application.events import render
 from orchestrator.application.ports import ExecutionDetail, ExecutionEvent, Page
+from orchestrator.domain.engine import initial_nodes
 from orchestrator.domain.errors import Conflict
 from orchestrator.domain.execution import (
     ExecutionStatus,
-    NodeExecution,
     NodeStatus,
     WorkflowExecution,
 )
@@ -86,7 +86,7 @@ def new_execution(
         created_at=created_at,
         updated_at=created_at,
         deadline_at=created_at + dt.timedelta(minutes=5),
-        nodes={n.id: NodeExecution(n.id, n.type) for n in workflow.definition.nodes},
+        nodes=initial_nodes(workflow.definition),
         idempotency_key=key,
     )
 

@@ -14,10 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.application.events import render
 from orchestrator.application.ports import ExecutionEvent
-from orchestrator.domain.engine import Step
+from orchestrator.domain.engine import Step, initial_nodes
 from orchestrator.domain.execution import (
     ExecutionStatus,
-    NodeExecution,
     NodeStatus,
     WorkflowExecution,
 )
@@ -77,7 +76,7 @@ async def pending(
                 created_at=created,
                 updated_at=created,
                 deadline_at=created + dt.timedelta(hours=2),
-                nodes={n.id: NodeExecution(n.id, n.type) for n in workflow.definition.nodes},
+                nodes=initial_nodes(workflow.definition),
             )
             await uow.executions.add(execution)
             ids.append(execution.id)

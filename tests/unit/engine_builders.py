@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from orchestrator.domain.engine import CompiledWorkflow
+from orchestrator.domain.engine import CompiledWorkflow, initial_nodes
 from orchestrator.domain.execution import (
     ExecutionStatus,
-    NodeExecution,
     NodeStatus,
     WorkflowExecution,
 )
@@ -44,7 +43,7 @@ def new_execution(workflow: CompiledWorkflow, execution_input: Any = None) -> Wo
         created_at=T0,
         updated_at=T0,
         deadline_at=T0 + dt.timedelta(minutes=5),
-        nodes={node.id: NodeExecution(node.id, node.type) for node in workflow.definition.nodes},
+        nodes=initial_nodes(workflow.definition),
     )
 
 

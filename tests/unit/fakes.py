@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+from typing import Any
 
 from orchestrator.application.ports import (
     FULL_DETAIL,
+    ChildRef,
+    ChildRefused,
+    ChildResult,
     ExecutionDetail,
     ExecutionEvent,
     ExecutionRepository,
@@ -14,7 +18,12 @@ from orchestrator.application.ports import (
     VersionRecord,
     WorkflowRepository,
 )
-from orchestrator.domain.execution import ExecutionStatus, NodeExecution, WorkflowExecution
+from orchestrator.domain.execution import (
+    ExecutionStatus,
+    NodeExecution,
+    NodeStatus,
+    WorkflowExecution,
+)
 from orchestrator.domain.workflow import Definition, Workflow, WorkflowStatus
 
 
@@ -80,6 +89,7 @@ class FakeExecutionRepository:
     def __init__(self) -> None:
         self.rows: dict[str, WorkflowExecution] = {}
         self.events_by_execution: dict[str, list[ExecutionEvent]] = {}
+        self.woken: list[str] = []
 
     async def add(self, execution: WorkflowExecution) -> WorkflowExecution:
         for row in self.rows.values():
@@ -90,9 +100,28 @@ class FakeExecutionRepository:
         self.rows[execution.id] = copy.deepcopy(execution)
         return execution
 
-    async def get(self, execution_id: str) -> WorkflowExecution | None:
+    async def get(self, execution_id: str, lock: bool = False) -> WorkflowExecution | None:
         row = self.rows.get(execution_id)
         return copy.deepcopy(row) if row is not None else None
+
+    async def answer(
+        self, execution_id: str, node: NodeExecution, answer: Any, now: dt.datetime
+    ) -> bool:
+        stored = self.rows[execution_id].nodes[node.key]
+        if stored.status != NodeStatus.WAITING_INPUT or stored.answer is not None:
+            return False
+        stored.answer = answer
+        return True
+
+    async def wake(self, execution_id: str, now: dt.datetime) -> None:
+        self.woken.append(execution_id)
+
+    async def active_children(self, execution_id: str) -> list[str]:
+        return [
+            x.id
+            for x in self.rows.values()
+            if x.parent_execution_id == execution_id and not x.finished
+        ]
 
     async def list_page(
         self,
@@ -165,3 +194,20 @@ class FixedClock:
     def advance(self, seconds: float) -> dt.datetime:
         self.current += dt.timedelta(seconds=seconds)
         return self.current
+
+
+class NoChildren:
+    """Sub-workflows refused: for tests of workflows without SUBWORKFLOW nodes."""
+
+    async def start(
+        self,
+        parent: WorkflowExecution,
+        key: str,
+        workflow_id: str,
+        version: int | None,
+        node_input: Any,
+    ) -> ChildRef:
+        raise ChildRefused("no sub-workflows in this test")
+
+    async def result(self, execution_id: str) -> ChildResult | None:
+        return None

@@ -31,6 +31,7 @@ from tests.unit.engine_builders import (
     n,
     new_execution,
 )
+from tests.unit.fakes import NoChildren
 
 
 class TransientError(ConnectionError):
@@ -128,7 +129,9 @@ def driver_for(
     execution.deadline_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=timeout_s)
     store = FakeStore(execution)
     store.definition = wf.definition
-    work = NodeWork(agents, agents, TenacityRetrier(sleep=no_sleep), InlineEvaluator(), 2)
+    work = NodeWork(
+        agents, agents, TenacityRetrier(sleep=no_sleep), InlineEvaluator(), 2, NoChildren()
+    )
     config = DriverConfig(
         max_recoveries=3,
         execution_timeout_ms=int(timeout_s * 1000),

@@ -44,6 +44,11 @@ ALLOWED_NODE = [
     (NS.RUNNING, NS.COMPLETED),
     (NS.RUNNING, NS.FAILED),
     (NS.RUNNING, NS.CANCELLED),
+    (NS.RUNNING, NS.WAITING_INPUT),
+    (NS.WAITING_INPUT, NS.RUNNING),
+    (NS.WAITING_INPUT, NS.COMPLETED),
+    (NS.WAITING_INPUT, NS.FAILED),
+    (NS.WAITING_INPUT, NS.CANCELLED),
 ]
 
 
@@ -122,7 +127,7 @@ def test_execution_keeps_its_first_start_time() -> None:
 
 def test_active_statuses_are_not_terminal() -> None:
     assert [s for s in ES if not s.terminal] == [ES.PENDING, ES.RUNNING]
-    assert [s for s in NS if not s.terminal] == [NS.PENDING, NS.RUNNING]
+    assert [s for s in NS if not s.terminal] == [NS.PENDING, NS.RUNNING, NS.WAITING_INPUT]
 
 
 @pytest.mark.parametrize(("old", "new"), ALLOWED_NODE, ids=lambda s: str(s))

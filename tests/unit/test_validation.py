@@ -59,6 +59,7 @@ def assert_problems(problems: list[Problem], expected: Expected) -> None:
 N1 = "definition.nodes[1].config"
 RETRY = f"{N1}.retry"
 TIMEOUT = (f"{N1}.timeoutMs", "must be a whole number from 1 to 3600000")
+NOT_A_LOOP = "does not pass through a WHILE or FOR_EACH loop node; only loops may repeat"
 
 INVALID: list[Any] = [
     pytest.param(graph([], []), [("definition.nodes", "at least one node")], id="no-nodes"),
@@ -239,7 +240,7 @@ INVALID: list[Any] = [
             [n("s", START), agent(), n("b", AGENT, agentId="x"), n("end", END)],
             [e("e1", "s", "a"), e("e2", "a", "b"), e("e3", "b", "a"), e("e4", "b", "end")],
         ),
-        [("definition.edges", "cycles are not supported yet: a -> b -> a")],
+        [("definition.edges", f"cycle a -> b -> a {NOT_A_LOOP}")],
         id="cycle",
     ),
     pytest.param(
@@ -259,7 +260,7 @@ INVALID: list[Any] = [
                 e("e5", "z", "end"),
             ],
         ),
-        [("definition.edges", "cycles are not supported yet: x -> y -> z -> x")],
+        [("definition.edges", f"cycle x -> y -> z -> x {NOT_A_LOOP}")],
         id="cycle-of-three",
     ),
     pytest.param(
@@ -267,7 +268,7 @@ INVALID: list[Any] = [
             [n("s", START), n("x", TRANSFORM, expression="input"), n("end", END)],
             [e("e1", "s", "x"), e("e2", "x", "x"), e("e3", "x", "end")],
         ),
-        [("definition.edges", "cycles are not supported yet: x -> x")],
+        [("definition.edges", f"cycle x -> x {NOT_A_LOOP}")],
         id="self-loop",
     ),
     pytest.param(
@@ -514,3 +515,473 @@ def test_a_transform_without_config_and_template_paths_are_valid() -> None:
         [e("e1", "s", "t"), e("e2", "t", "u"), e("e3", "u", "end")],
     )
     assert validate_definition(definition) == []
+
+
+# --- Loops, SWITCH, PROMPT, SUBWORKFLOW and asking the user ---------------------------------
+
+PROMPT = NodeType.PROMPT
+WHILE = NodeType.WHILE
+FOR_EACH = NodeType.FOR_EACH
+SWITCH = NodeType.SWITCH
+SUB = NodeType.SUBWORKFLOW
+HANDLE = "definition.edges[{}].sourceHandle"
+WAIT = (f"{N1}.timeoutMs", "must be a whole number from 1 to 2592000000")
+
+
+def loop(node: Node, *, back: bool = True) -> Definition:
+    """START -> loop -(body)-> b [-> loop]; loop -(exit)-> END. The loop is `nodes[1]`."""
+    body = "loop" if node.type == WHILE else "body"
+    edges = [e("e1", "s", node.id), e("e2", node.id, "b", handle=body)]
+    if back:
+        edges.append(e("e3", "b", node.id))
+    edges.append(e("e4", node.id, "end", handle="exit"))
+    return graph([n("s", START), node, n("b", TRANSFORM), n("end", END)], edges)
+
+
+def while_(**config: Any) -> Node:
+    return n("w", WHILE, **({"condition": "input.more"} | config))
+
+
+def for_each(**config: Any) -> Node:
+    return n("f", FOR_EACH, **({"collection": "input.items"} | config))
+
+
+def switch(*cases: Any, **config: Any) -> Node:
+    return n("sw", SWITCH, **({"switchOn": "input.kind", "cases": list(cases)} | config))
+
+
+def switch_graph(node: Node, *handles: str | None) -> Definition:
+    """START -> sw -(each handle)-> END: the edge of the i-th handle is `definition.edges[i+1]`."""
+    edges = [e("e0", "s", "sw")]
+    edges += [e(f"h{i}", "sw", "end", handle=handle) for i, handle in enumerate(handles)]
+    return graph([n("s", START), node, n("end", END)], edges)
+
+
+def asking(allow: Any = True, **config: Any) -> Node:
+    return agent(allowAskUser=allow, **config)
+
+
+def with_timeout_edge(node: Node, handle: str = "timeout") -> Definition:
+    """START -> node -> END, and node -(handle)-> END as `definition.edges[2]`."""
+    return graph(
+        [n("s", START), node, n("end", END)],
+        [e("e1", "s", node.id), e("e2", node.id, "end"), e("e3", node.id, "end", handle=handle)],
+    )
+
+
+NEW_VALID: list[Any] = [
+    pytest.param(loop(while_()), id="while-loop"),
+    pytest.param(loop(while_(maxIterations=1)), id="while-max-iterations-1"),
+    pytest.param(loop(while_(maxIterations=10_000)), id="while-max-iterations-10000"),
+    pytest.param(loop(for_each()), id="for-each-loop"),
+    pytest.param(loop(for_each(), back=False), id="for-each-without-back-edge"),
+    pytest.param(
+        loop(for_each(maxItems=10_000, concurrency=100)), id="for-each-max-items-concurrency"
+    ),
+    pytest.param(loop(for_each(maxItems=1, concurrency=1)), id="for-each-minimums"),
+    pytest.param(
+        graph(
+            [
+                n("s", START),
+                while_(),
+                for_each(),
+                n("x", TRANSFORM),
+                n("y", TRANSFORM),
+                n("end", END),
+            ],
+            [
+                e("e1", "s", "w"),
+                e("e2", "w", "f", handle="loop"),
+                e("e3", "f", "x", handle="body"),
+                e("e4", "x", "f"),
+                e("e5", "f", "y", handle="exit"),
+                e("e6", "y", "w"),
+                e("e7", "w", "end"),
+            ],
+        ),
+        id="for-each-nested-in-while",
+    ),
+    pytest.param(
+        graph(
+            [n("s", START), for_each(), n("x", TRANSFORM), n("y", TRANSFORM), n("end", END)],
+            [
+                e("e1", "s", "f"),
+                e("e2", "f", "x", handle="body"),
+                e("e3", "x", "y", condition="output.ok"),
+                e("e4", "x", "f"),
+                e("e5", "f", "end", handle="exit"),
+            ],
+        ),
+        id="for-each-body-branch-ends-inside",
+    ),
+    pytest.param(
+        switch_graph(switch({"value": "a"}, {"value": None}), "case_0", "case_1", "default"),
+        id="switch-handles",
+    ),
+    pytest.param(switch_graph(switch(), "default"), id="switch-without-cases"),
+    pytest.param(
+        switch_graph(switch(*[{"value": i} for i in range(100)]), "case_99"),
+        id="switch-100-cases",
+    ),
+    pytest.param(with_node(n("p", PROMPT, prompt="Approve {{ input.title }}?")), id="prompt"),
+    pytest.param(with_node(n("p", PROMPT, prompt="Approve {{title}}?")), id="prompt-path"),
+    pytest.param(with_timeout_edge(n("p", PROMPT, prompt="ok?")), id="prompt-timeout-handle"),
+    pytest.param(
+        with_node(n("p", PROMPT, prompt="ok?", timeoutMs=30 * 24 * 3_600_000)),
+        id="prompt-waits-30-days",
+    ),
+    pytest.param(with_node(asking(False)), id="agent-allow-ask-user-false"),
+    pytest.param(with_node(n("c", SUB, workflowId="child")), id="subworkflow"),
+    pytest.param(with_node(n("c", SUB, workflowId="child", version=3)), id="subworkflow-version"),
+    pytest.param(
+        with_node(n("t", TOOL, toolId="search", timeoutMs=3_600_000)), id="tool-timeout-1h"
+    ),
+]
+
+
+@pytest.mark.parametrize("definition", NEW_VALID)
+def test_valid_control_flow_has_no_problems(definition: Definition) -> None:
+    assert validate_definition(definition) == []
+
+
+def whole(key: str, span: str) -> tuple[str, str]:
+    return (f"{N1}.{key}", f"must be a whole number {span}")
+
+
+NEW_INVALID: list[Any] = [
+    # Loops: the structure comes from loop_structure, the rest is reachability.
+    pytest.param(
+        loop(while_(), back=False),
+        [
+            ("definition.nodes[1]", "the body of WHILE node 'w' never leads back to it"),
+            ("definition.nodes[2]", "no END node is reachable from node 'b'"),
+        ],
+        id="while-without-back-edge",
+    ),
+    pytest.param(
+        graph(
+            [n("s", START), while_(), n("end", END)],
+            [e("e1", "s", "w"), e("e2", "w", "end", handle="exit")],
+        ),
+        [("definition.nodes[1]", "WHILE node 'w' has no edge from its \"loop\" handle")],
+        id="while-without-body",
+    ),
+    pytest.param(
+        graph(
+            [n("s", START), while_(), n("b", TRANSFORM), n("end", END)],
+            [
+                e("e1", "s", "w"),
+                e("e2", "w", "b", handle="loop"),
+                e("e3", "b", "w"),
+                e("e4", "s", "b"),
+                e("e5", "w", "end", handle="exit"),
+            ],
+        ),
+        [
+            (
+                "definition.edges[3]",
+                "node 'b' is inside the body of loop 'w' but is also entered from 's', outside it",
+            )
+        ],
+        id="body-entered-from-outside",
+    ),
+    pytest.param(
+        graph(
+            [n("s", START), while_(), n("b", TRANSFORM), n("end", END)],
+            [
+                e("e1", "s", "w"),
+                e("e2", "w", "b", handle="loop"),
+                e("e3", "b", "w"),
+                e("e4", "b", "end"),
+            ],
+        ),
+        [
+            ("definition.nodes[3]", "END node 'end' is inside the body of loop 'w'"),
+        ],
+        id="end-inside-body",
+    ),
+    pytest.param(
+        graph(
+            [n("s", START), while_(), n("b", TRANSFORM), n("end", END)],
+            [
+                e("e1", "s", "w"),
+                e("e2", "w", "b", handle="loop"),
+                e("e3", "b", "w"),
+            ],
+        ),
+        [
+            ("definition.nodes[0]", "no END node is reachable from node 's'"),
+            ("definition.nodes[1]", "no END node is reachable from node 'w'"),
+            ("definition.nodes[2]", "no END node is reachable from node 'b'"),
+            ("definition.nodes[3]", "node 'end' is not reachable from START"),
+        ],
+        id="loop-without-exit",
+    ),
+    # Handles.
+    pytest.param(
+        graph(
+            [n("s", START), while_(), n("b", TRANSFORM), n("end", END)],
+            [
+                e("e1", "s", "w"),
+                e("e2", "w", "b", handle="body"),
+                e("e3", "b", "w"),
+                e("e4", "w", "end", handle="exit"),
+            ],
+        ),
+        [
+            (
+                HANDLE.format(1),
+                "a WHILE edge handle is 'loop' (into the loop's body) or 'exit' (out of the "
+                "loop, also taken by an edge without handle), found 'body'",
+            ),
+            ("definition.nodes[1]", "WHILE node 'w' has no edge from its \"loop\" handle"),
+            # with a wrong handle, b -> w is not a back edge: w -> b counts as an exit
+            ("definition.edges", "cycle w -> b -> w is not the body of a loop"),
+        ],
+        id="while-handle-body",
+    ),
+    pytest.param(
+        graph(
+            [n("s", START), for_each(), n("b", TRANSFORM), n("end", END)],
+            [
+                e("e1", "s", "f"),
+                e("e2", "f", "b", handle="body"),
+                e("e3", "f", "end", handle="done"),
+            ],
+        ),
+        [(HANDLE.format(2), "a FOR_EACH edge handle is 'body' (into the loop's body) or 'exit'")],
+        id="for-each-handle-done",
+    ),
+    pytest.param(
+        switch_graph(switch({"value": 1}, {"value": 2}), "case_0", "case_2", "other", None),
+        [
+            (
+                HANDLE.format(2),
+                "a SWITCH edge handle is 'case_0' to 'case_1' (one per case, from 0) or "
+                "'default', found 'case_2'",
+            ),
+            (HANDLE.format(3), "a SWITCH edge handle is 'case_0' to 'case_1'"),
+            (HANDLE.format(4), "a SWITCH edge handle is 'case_0' to 'case_1'"),
+        ],
+        id="switch-bad-handles",
+    ),
+    pytest.param(
+        switch_graph(switch(), "case_0"),
+        [
+            (
+                HANDLE.format(1),
+                "a SWITCH edge handle is 'default' (the node has no cases), found 'case_0'",
+            )
+        ],
+        id="switch-without-cases-case-handle",
+    ),
+    pytest.param(
+        switch_graph(switch(cases="a"), "case_7", "default", "case_x", None),
+        [
+            (f"{N1}.cases", 'must be a list of objects each with a "value" key'),
+            (
+                HANDLE.format(3),
+                "a SWITCH edge handle is \"case_<index>\" (one per case, from 0) or 'default', "
+                "found 'case_x'",
+            ),
+            (
+                HANDLE.format(4),
+                'a SWITCH edge handle is "case_<index>"',
+            ),
+        ],
+        id="switch-handles-when-cases-are-invalid",
+    ),
+    pytest.param(
+        with_timeout_edge(n("p", PROMPT, prompt="ok?"), "late"),
+        [
+            (
+                HANDLE.format(2),
+                "a PROMPT edge has no handle, or 'timeout' for the way taken when nobody "
+                "answers in time, found 'late'",
+            )
+        ],
+        id="prompt-handle",
+    ),
+    # Config.
+    pytest.param(
+        with_node(n("p", PROMPT)),
+        [(f"{N1}.prompt", "a PROMPT node needs config.prompt, the text shown to the person")],
+        id="prompt-missing",
+    ),
+    pytest.param(
+        with_node(n("p", PROMPT, prompt=["a"])),
+        [(f"{N1}.prompt", "a PROMPT node needs config.prompt")],
+        id="prompt-not-string",
+    ),
+    pytest.param(
+        with_node(n("p", PROMPT, prompt="{{ input.x + }}")),
+        [(f"{N1}.prompt", "does not compile")],
+        id="prompt-placeholder-does-not-compile",
+    ),
+    pytest.param(
+        with_node(n("p", PROMPT, prompt="ok?", timeoutMs=30 * 24 * 3_600_000 + 1)),
+        [WAIT],
+        id="prompt-timeout-over-30-days",
+    ),
+    pytest.param(with_node(n("p", PROMPT, prompt="ok?", timeoutMs=0)), [WAIT], id="prompt-t0"),
+    pytest.param(
+        with_node(asking("yes")),
+        [(f"{N1}.allowAskUser", "must be true or false")],
+        id="allow-ask-user-not-boolean",
+    ),
+    pytest.param(
+        with_node(agent(timeoutMs=3_600_001)), [TIMEOUT], id="agent-not-asking-timeout-over-1h"
+    ),
+    pytest.param(
+        with_node(asking("yes", timeoutMs=3_600_001)),
+        [(f"{N1}.allowAskUser", "must be true or false"), TIMEOUT],
+        id="agent-asking-not-boolean",
+    ),
+    pytest.param(
+        loop(n("w", WHILE)),
+        [(f"{N1}.condition", "a WHILE node needs config.condition")],
+        id="while-without-condition",
+    ),
+    pytest.param(
+        loop(while_(condition="input.x >")),
+        [(f"{N1}.condition", "does not compile")],
+        id="while-condition-does-not-compile",
+    ),
+    pytest.param(
+        loop(while_(condition=True)),
+        [(f"{N1}.condition", "must be an expression string")],
+        id="while-condition-not-string",
+    ),
+    *[
+        pytest.param(
+            loop(while_(maxIterations=bad)),
+            [whole("maxIterations", "from 1 to 10000 (the most iterations allowed; default 100)")],
+            id=f"while-max-iterations-{bad!r}",
+        )
+        for bad in (0, 10_001, 2.5, True, "5")
+    ],
+    pytest.param(
+        loop(n("f", FOR_EACH)),
+        [(f"{N1}.collection", "a FOR_EACH node needs config.collection")],
+        id="for-each-without-collection",
+    ),
+    pytest.param(
+        loop(for_each(collection="input.items[")),
+        [(f"{N1}.collection", "does not compile")],
+        id="for-each-collection-does-not-compile",
+    ),
+    *[
+        pytest.param(
+            loop(for_each(maxItems=bad)),
+            [whole("maxItems", "from 1 to 10000 (the most items allowed; default 1000)")],
+            id=f"for-each-max-items-{bad!r}",
+        )
+        for bad in (0, 10_001, 1.0, False)
+    ],
+    *[
+        pytest.param(
+            loop(for_each(concurrency=bad)),
+            [whole("concurrency", "from 1 to 100 (items run at once; default 1)")],
+            id=f"for-each-concurrency-{bad!r}",
+        )
+        for bad in (0, 101, None, True)
+    ],
+    pytest.param(
+        switch_graph(n("sw", SWITCH, cases=[]), "default"),
+        [(f"{N1}.switchOn", "a SWITCH node needs config.switchOn")],
+        id="switch-without-switch-on",
+    ),
+    pytest.param(
+        switch_graph(switch(switchOn="input.kind =="), "default"),
+        [(f"{N1}.switchOn", "does not compile")],
+        id="switch-on-does-not-compile",
+    ),
+    pytest.param(
+        switch_graph(n("sw", SWITCH, switchOn="input.kind"), "default"),
+        [
+            (
+                f"{N1}.cases",
+                'a SWITCH node needs config.cases, a list of objects each with a "value"',
+            )
+        ],
+        id="switch-without-cases",
+    ),
+    pytest.param(
+        switch_graph(switch({"value": 1}, {"label": "x"}, "a", {"value": None}), "default"),
+        [
+            (f"{N1}.cases[1]", 'must be an object with a "value" key'),
+            (f"{N1}.cases[2]", 'must be an object with a "value" key'),
+        ],
+        id="switch-case-without-value",
+    ),
+    pytest.param(
+        switch_graph(switch(*[{"value": i} for i in range(101)]), "default"),
+        [(f"{N1}.cases", "at most 100 cases are allowed, found 101")],
+        id="switch-101-cases",
+    ),
+    pytest.param(
+        with_node(n("c", SUB)),
+        [(f"{N1}.workflowId", "a SUBWORKFLOW node needs config.workflowId")],
+        id="subworkflow-without-workflow-id",
+    ),
+    pytest.param(
+        with_node(n("c", SUB, workflowId=" ")),
+        [(f"{N1}.workflowId", "a SUBWORKFLOW node needs config.workflowId")],
+        id="subworkflow-blank-workflow-id",
+    ),
+    pytest.param(
+        with_node(n("c", SUB, workflowId="a/b")),
+        [(f"{N1}.workflowId", f"workflowId 'a/b' contains '/': {SERVICE_ID_RULE}")],
+        id="subworkflow-unsafe-workflow-id",
+    ),
+    *[
+        pytest.param(
+            with_node(n("c", SUB, workflowId="child", version=bad)),
+            [whole("version", "of at least 1 (the version of the child workflow to run")],
+            id=f"subworkflow-version-{bad!r}",
+        )
+        for bad in (0, -1, 1.5, True, "2")
+    ],
+]
+
+
+@pytest.mark.parametrize(("definition", "expected"), NEW_INVALID)
+def test_invalid_control_flow_lists_exactly_its_problems(
+    definition: Definition, expected: Expected
+) -> None:
+    assert_problems(validate_definition(definition), expected)
+
+
+def test_exported_limits() -> None:
+    from orchestrator.domain import validation
+
+    assert validation.MAX_WAIT_MS == 30 * 24 * 3_600_000
+    assert validation.MAX_LOOP_ITERATIONS == 10_000
+    assert validation.DEFAULT_MAX_ITERATIONS == 100
+    assert validation.DEFAULT_MAX_ITEMS == 1000
+    assert validation.MAX_CONCURRENCY == 100
+    assert validation.case_handle(3) == "case_3"
+
+
+def test_an_edge_leaving_a_loop_cannot_have_a_condition() -> None:
+    definition = Definition(
+        nodes=(
+            Node("s", NodeType.START),
+            Node("w", NodeType.WHILE, {"condition": "input.n < 3"}),
+            Node("b", NodeType.TRANSFORM),
+            Node("end", NodeType.END),
+        ),
+        edges=(
+            Edge("e1", "s", "w"),
+            Edge("e2", "w", "b", source_handle="loop"),
+            Edge("e3", "b", "w"),
+            Edge("e4", "w", "end", condition="input.n > 1", source_handle="exit"),
+        ),
+    )
+    assert validate_definition(definition) == [
+        Problem(
+            "definition.edges[3].condition",
+            "an edge leaving WHILE node 'w' cannot have a condition: the loop itself decides "
+            "(its condition, its items)",
+        )
+    ]

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.application.ports import ExecutionEvent
-from orchestrator.application.views import iso, node_view
+from orchestrator.application.views import iso, node_data, node_view
 from orchestrator.domain.execution import (
     DomainEvent,
     ExecutionErrored,
@@ -70,18 +70,21 @@ def node_update(
     at: dt.datetime,
     names: Mapping[str, str],
 ) -> dict[str, Any]:
-    """Payload of `node:update`; `attempt` is 1-based."""
-    return {
+    """Payload of `node:update`; `attempt` is 1-based; `iteration` only in a loop body."""
+    payload: dict[str, Any] = {
         "executionId": execution_id,
         "nodeId": node.node_id,
         "nodeName": names.get(node.node_id, node.node_id),
         "nodeType": node.node_type.value,
         "status": node.status.value,
         "attempt": node.retry_count + 1,
-        "data": {"input": node.input, "output": node.output, "error": node.error},
+        "data": node_data(node),
         "seq": seq,
         "timestamp": iso(at),
     }
+    if node.iteration:
+        payload["iteration"] = list(node.iteration)
+    return payload
 
 
 def snapshot(
@@ -108,9 +111,9 @@ def replay(
     Sent after a `join`'s snapshot so that a view that reads only `node:update` paints every
     node: a picture of the state at the snapshot's seq, not new events.
     """
-    started = [
-        execution.nodes[node_id]
-        for node_id in names
-        if node_id in execution.nodes and execution.nodes[node_id].status != NodeStatus.PENDING
-    ]
+    order = {node_id: i for i, node_id in enumerate(names)}
+    started = sorted(
+        (n for n in execution.nodes.values() if n.status != NodeStatus.PENDING),
+        key=lambda n: (order.get(n.node_id, len(order)), n.iteration),
+    )
     return [node_update(execution.id, n, execution.last_seq, at, names) for n in started]

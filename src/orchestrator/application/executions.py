@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import uuid
@@ -13,25 +14,37 @@ from orchestrator.application.access import visible
 from orchestrator.application.events import render
 from orchestrator.application.ports import (
     FULL_DETAIL,
+    ChildRef,
+    ChildRefused,
+    ChildResult,
     Clock,
     ConflictRetry,
     EventPublisher,
     ExecutionDetail,
     ExecutionEvent,
+    ExecutionRepository,
     Page,
     RunnerSignals,
     UnitOfWorkFactory,
 )
-from orchestrator.domain.errors import ConcurrentChange, Conflict, NotFound
+from orchestrator.domain.engine import initial_nodes
+from orchestrator.domain.errors import (
+    ConcurrentChange,
+    Conflict,
+    NotFound,
+    Problem,
+    ValidationFailed,
+)
 from orchestrator.domain.execution import (
     ExecutionStatus,
-    NodeExecution,
     NodeStatus,
     WorkflowExecution,
 )
+from orchestrator.domain.values import ValueLimits
 from orchestrator.domain.workflow import Definition
 
 MAX_EVENTS_PAGE = 1000
+MAX_ANCESTRY = 100
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,7 @@ def _new_execution(
         created_at=now,
         updated_at=now,
         deadline_at=now + dt.timedelta(seconds=services.execution_timeout_s),
-        nodes={n.id: NodeExecution(n.id, n.type) for n in definition.nodes},
+        nodes=initial_nodes(definition),
         idempotency_key=idempotency_key,
     )
 
@@ -146,13 +159,13 @@ async def cancel_execution(
     write is fenced like a runner's step: if the runner wrote in between, it is decided again.
     """
 
-    async def attempt() -> list[ExecutionEvent]:
+    async def attempt() -> tuple[list[ExecutionEvent], str | None]:
         async with services.uow_factory() as uow:
             execution = await uow.executions.get(execution_id)
             if execution is None or not visible(execution.user_id, user_id):
                 raise NotFound("Execution", execution_id)
             if execution.status == ExecutionStatus.CANCELLED:
-                return []
+                return [], None
             if execution.status.terminal:
                 raise Conflict(f"Execution {execution_id} is already {execution.status}")
             previous_seq = execution.last_seq
@@ -164,12 +177,137 @@ async def cancel_execution(
             events = render(execution, execution.cancel(services.clock.now()), names)
             if not await uow.executions.write_step(execution, previous_seq, unfinished, events):
                 raise ConcurrentChange(f"Execution {execution_id} changed while cancelling")
+            parent = execution.parent_execution_id
+            if parent is not None:  # its SUBWORKFLOW node fails: the child was cancelled
+                await uow.executions.wake(parent, services.clock.now())
             await uow.commit()
-            return events
+            return events, parent
 
-    events = await services.retry_conflicts(attempt)
+    events, parent = await services.retry_conflicts(attempt)
     services.signals.cancelled(execution_id)
+    if parent is not None:
+        services.signals.woken(parent)
     await services.publisher.publish(events)
+    # Its sub-workflows are cancelled with it (and theirs with them).
+    async with services.uow_factory() as uow:
+        children = await uow.executions.active_children(execution_id)
+    for child_id in children:
+        with contextlib.suppress(Conflict):  # it finished in the meantime
+            await cancel_execution(services, child_id, None)
+
+
+async def resume_node(
+    services: ExecutionServices,
+    execution_id: str,
+    node_id: str,
+    answer: Any,
+    iteration: tuple[int, ...] | None,
+    user_id: str | None,
+    limits: ValueLimits,
+) -> None:
+    """Answer a node that waits for a person; the execution goes on, on whichever runner
+    claims it first.
+
+    NotFound for an unknown execution or node; Conflict when the node does not wait, or was
+    answered already (of two resumes at once, exactly one wins).
+    """
+    if answer is None:
+        raise ValidationFailed("input: the answer is required", [Problem("input", "required")])
+    limits.check(answer, "the answer")
+    async with services.uow_factory() as uow:
+        execution = await uow.executions.get(execution_id, lock=True)
+        if execution is None or not visible(execution.user_id, user_id):
+            raise NotFound("Execution", execution_id)
+        node = execution.waiting_node(node_id, iteration)
+        if not await uow.executions.answer(execution_id, node, answer, services.clock.now()):
+            raise Conflict(f"Node {node_id} of execution {execution_id} was answered already")
+        await uow.commit()
+    services.signals.woken(execution_id)
+
+
+class Subworkflows:
+    """Starts the executions of SUBWORKFLOW nodes through the execute use case.
+
+    `services` is set once the services are built (they need the runner, which needs this).
+    """
+
+    def __init__(self, max_depth: int) -> None:
+        self.max_depth = max_depth
+        self.services: ExecutionServices | None = None
+
+    def _services(self) -> ExecutionServices:
+        if self.services is None:
+            raise RuntimeError("Subworkflows.services is not set")
+        return self.services
+
+    async def start(
+        self,
+        parent: WorkflowExecution,
+        key: str,
+        workflow_id: str,
+        version: int | None,
+        node_input: Any,
+    ) -> ChildRef:
+        """The child execution of node execution `key`: started once, the same one again after
+        a restart. ChildRefused when the workflow cannot run as a child."""
+        services = self._services()
+        depth = parent.depth + 1
+        if depth > self.max_depth:
+            raise ChildRefused(
+                f"sub-workflows nest deeper than MAX_SUBWORKFLOW_DEPTH ({self.max_depth})"
+            )
+        async with services.uow_factory() as uow:
+            chain = await self._ancestry(uow.executions, parent)
+            if workflow_id in chain:
+                path = " -> ".join([*reversed(chain), workflow_id])
+                raise ChildRefused(f"workflow {workflow_id} would call itself: {path}")
+            workflow = await uow.workflows.get(workflow_id)
+            if workflow is None or not visible(workflow.user_id, parent.user_id):
+                raise ChildRefused(f"sub-workflow {workflow_id} not found")
+            if version is None:
+                try:
+                    workflow.ensure_executable()
+                except Conflict as exc:
+                    raise ChildRefused(exc.message) from exc
+                definition = workflow.definition
+            else:
+                pinned = await uow.workflows.definition(workflow_id, version)
+                if pinned is None:
+                    raise ChildRefused(f"sub-workflow {workflow_id} has no version {version}")
+                definition = pinned
+            once = scoped_key(parent.user_id, f"subworkflow:{parent.id}:{key}")
+            child = _new_execution(
+                services, workflow_id, definition, node_input, parent.user_id, once
+            )
+            child.parent_execution_id = parent.id
+            child.parent_node_id = parent.nodes[key].node_id
+            child.depth = depth
+            execution = await uow.executions.add(child)
+            await uow.commit()
+        if execution.id == child.id:
+            services.signals.created(execution, definition)
+        return ChildRef(execution.id, workflow_id, workflow.name)
+
+    @staticmethod
+    async def _ancestry(executions: ExecutionRepository, parent: WorkflowExecution) -> list[str]:
+        """The workflow ids from the parent up to the root execution."""
+        chain = [parent.workflow_id]
+        ancestor_id = parent.parent_execution_id
+        while ancestor_id is not None and len(chain) <= MAX_ANCESTRY:
+            ancestor = await executions.get(ancestor_id)
+            if ancestor is None:
+                break
+            chain.append(ancestor.workflow_id)
+            ancestor_id = ancestor.parent_execution_id
+        return chain
+
+    async def result(self, execution_id: str) -> ChildResult | None:
+        """How the child stands (None if it is gone)."""
+        async with self._services().uow_factory() as uow:
+            child = await uow.executions.get(execution_id)
+        if child is None:
+            return None
+        return ChildResult(child.status, child.output, child.error)
 
 
 async def retry_execution(
@@ -197,7 +335,8 @@ async def retry_execution(
         )
         retry.retry_of = failed.id
         for node_id, node in failed.nodes.items():
-            if node.status in (NodeStatus.COMPLETED, NodeStatus.SKIPPED):
+            # A loop runs again whole: its iterations' node executions start over.
+            if node.status in (NodeStatus.COMPLETED, NodeStatus.SKIPPED) and not node.iteration:
                 retry.nodes[node_id] = node
         await uow.executions.add(retry)
         await uow.commit()

@@ -54,6 +54,49 @@ class ToolInvoker(Protocol):
     ) -> Any: ...
 
 
+@dataclass(frozen=True)
+class ChildRef:
+    """A sub-workflow's execution, as its parent node shows it."""
+
+    execution_id: str
+    workflow_id: str
+    workflow_name: str
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """How a sub-workflow's execution stands."""
+
+    status: ExecutionStatus
+    output: Any
+    error: str | None
+
+
+class ChildRefused(Exception):
+    """A sub-workflow cannot start (unknown or inactive workflow, too deep, calls itself)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ChildExecutions(Protocol):
+    """Starts the executions of SUBWORKFLOW nodes and reads how they stand."""
+
+    async def start(
+        self,
+        parent: WorkflowExecution,
+        key: str,
+        workflow_id: str,
+        version: int | None,
+        node_input: Any,
+    ) -> ChildRef:
+        """The child of node execution `key` (the same one again if it was started)."""
+        ...
+
+    async def result(self, execution_id: str) -> ChildResult | None: ...
+
+
 AttemptHook = Callable[[int], Awaitable[None]]
 FailureHook = Callable[[int, InvocationError, float], Awaitable[None]]
 
@@ -168,7 +211,24 @@ class ExecutionRepository(Protocol):
         """Store a new execution; with an idempotency key already used, return that one instead."""
         ...
 
-    async def get(self, execution_id: str) -> WorkflowExecution | None: ...
+    async def get(self, execution_id: str, lock: bool = False) -> WorkflowExecution | None:
+        """The execution with its node executions; `lock` holds its row until the commit."""
+        ...
+
+    async def answer(
+        self, execution_id: str, node: NodeExecution, answer: Any, now: dt.datetime
+    ) -> bool:
+        """Store a person's answer to a waiting node and make the execution claimable now;
+        False (nothing written) when the node no longer waits or was answered already."""
+        ...
+
+    async def wake(self, execution_id: str, now: dt.datetime) -> None:
+        """Make a waiting execution claimable now (a child of it ended)."""
+        ...
+
+    async def active_children(self, execution_id: str) -> list[str]:
+        """The ids of the unfinished sub-workflow executions this one started."""
+        ...
 
     async def list_page(
         self,
@@ -232,4 +292,8 @@ class RunnerSignals(Protocol):
 
     def cancelled(self, execution_id: str) -> None:
         """Abandon this execution's in-flight work at once."""
+        ...
+
+    def woken(self, execution_id: str) -> None:
+        """A waiting execution can go on (an answer, a child finished): claim it now."""
         ...

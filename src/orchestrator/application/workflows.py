@@ -11,7 +11,7 @@ from orchestrator.application.ports import Clock, Page, UnitOfWorkFactory, Versi
 from orchestrator.domain.errors import NotFound, Problem, ValidationFailed
 from orchestrator.domain.validation import validate_definition
 from orchestrator.domain.values import ValueLimits, ValueTooLarge
-from orchestrator.domain.workflow import Definition, Workflow, WorkflowStatus
+from orchestrator.domain.workflow import Definition, NodeType, Workflow, WorkflowStatus
 
 UNSET: Any = object()
 DEFAULT_LIMITS = ValueLimits()
@@ -51,6 +51,21 @@ def definition_problems(definition: Definition, limits: ValueLimits) -> list[Pro
 def check_definition(definition: Definition, limits: ValueLimits) -> None:
     """Raise ValidationFailed listing every problem of the definition."""
     problems = definition_problems(definition, limits)
+    if problems:
+        raise ValidationFailed("Workflow definition is invalid", problems)
+
+
+def _refuse_self_calls(workflow_id: str, definition: Definition) -> None:
+    """A SUBWORKFLOW node may not run the workflow it is in (longer cycles through other
+    workflows are refused when they run)."""
+    problems = [
+        Problem(
+            f"definition.nodes[{i}].config.workflowId",
+            f"SUBWORKFLOW node {node.id!r} would run workflow {workflow_id}, the one it is in",
+        )
+        for i, node in enumerate(definition.nodes)
+        if node.type == NodeType.SUBWORKFLOW and node.config.get("workflowId") == workflow_id
+    ]
     if problems:
         raise ValidationFailed("Workflow definition is invalid", problems)
 
@@ -123,6 +138,8 @@ async def update_workflow(
         if workflow is None or not visible(workflow.user_id, user_id):
             raise NotFound("Workflow", workflow_id)
         workflow.ensure_editable()
+        if changes.definition is not None:
+            _refuse_self_calls(workflow_id, changes.definition)
         now = clock.now()
         if changes.name is not None:
             workflow.name = changes.name

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from orchestrator.domain.errors import IllegalTransition
+from orchestrator.domain.errors import Conflict, IllegalTransition, NotFound
 from orchestrator.domain.workflow import NodeType
 
 
@@ -31,6 +31,7 @@ class NodeStatus(StrEnum):
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
+    WAITING_INPUT = "WAITING_INPUT"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"
@@ -62,10 +63,19 @@ EXECUTION_TRANSITIONS: dict[ExecutionStatus, frozenset[ExecutionStatus]] = {
     ExecutionStatus.CANCELLED: frozenset(),
 }
 
-# RUNNING -> RUNNING is a new attempt of the same node.
+# RUNNING -> RUNNING is a new attempt of the same node; WAITING_INPUT waits for a person.
 NODE_TRANSITIONS: dict[NodeStatus, frozenset[NodeStatus]] = {
     NodeStatus.PENDING: frozenset({NodeStatus.RUNNING, NodeStatus.SKIPPED, NodeStatus.CANCELLED}),
     NodeStatus.RUNNING: frozenset(
+        {
+            NodeStatus.RUNNING,
+            NodeStatus.WAITING_INPUT,
+            NodeStatus.COMPLETED,
+            NodeStatus.FAILED,
+            NodeStatus.CANCELLED,
+        }
+    ),
+    NodeStatus.WAITING_INPUT: frozenset(
         {NodeStatus.RUNNING, NodeStatus.COMPLETED, NodeStatus.FAILED, NodeStatus.CANCELLED}
     ),
     NodeStatus.COMPLETED: frozenset(),
@@ -98,8 +108,23 @@ class Attempt:
 
 
 @dataclass
+class LoopProgress:
+    """The iterations of one loop execution: how many started, which are not done yet."""
+
+    started: int
+    open: set[int]
+
+
+def node_key(node_id: str, iteration: tuple[int, ...] = ()) -> str:
+    """The key of a node's execution: its id, and in a loop body `id@i` (`id@i.j` nested)."""
+    if not iteration:
+        return node_id
+    return f"{node_id}@{'.'.join(map(str, iteration))}"
+
+
+@dataclass
 class NodeExecution:
-    """The state of one node in one execution."""
+    """The state of one node in one execution (in a loop body: in one iteration)."""
 
     node_id: str
     node_type: NodeType
@@ -115,8 +140,32 @@ class NodeExecution:
     finished_order: int | None = None
     # The ids of the outgoing edges taken when the node completed (None before it completes).
     routes: list[str] | None = None
+    # The iteration indices of the enclosing loops, outermost first (empty outside loops).
+    iteration: tuple[int, ...] = ()
+    # What a control node keeps while it runs: a wait (`wait`: "input" or "child", and what
+    # it waits for), a FOR_EACH's items.
+    state: dict[str, Any] | None = None
+    # A person's answer to a wait, written by a resume (never by a step).
+    answer: Any = None
+    # Order of the node executions of an execution (creation order).
+    position: int = 0
+    # A loop's iterations, found once per load (not stored).
+    progress: LoopProgress | None = field(default=None, compare=False, repr=False)
     # Bytes of the output as JSON, once measured (not stored: measured again after a load).
     output_bytes: int | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        """This node execution's key in `WorkflowExecution.nodes`."""
+        return node_key(self.node_id, self.iteration)
+
+    @property
+    def waiting(self) -> str | None:
+        """What the node waits for ("input" or "child"), or None when it does not wait."""
+        if self.status == NodeStatus.WAITING_INPUT:
+            return "input"
+        running = self.status == NodeStatus.RUNNING and self.state is not None
+        return "child" if running and self.state and self.state.get("wait") == "child" else None
 
     def move(self, new: NodeStatus, now: dt.datetime) -> None:
         """Change status through the transition table."""
@@ -212,6 +261,15 @@ class WorkflowExecution:
     idempotency_key: str | None = None
     retry_of: str | None = None
     last_seq: int = 0
+    # A sub-workflow's execution names the execution and node that started it.
+    parent_execution_id: str | None = None
+    parent_node_id: str | None = None
+    depth: int = 0
+    # Set while every unfinished node waits (for a person or a child): EXECUTION_TIMEOUT does
+    # not run while nobody works.
+    waiting_since: dt.datetime | None = None
+    # Bytes of the completed nodes' outputs, once measured (not stored).
+    output_bytes: int | None = field(default=None, compare=False, repr=False)
 
     def move(self, new: ExecutionStatus, now: dt.datetime) -> None:
         """Change status through the transition table; a terminal status is never left."""
@@ -258,7 +316,7 @@ class WorkflowExecution:
         node = self.nodes[node_id]
         node.input = node_input
         node.start_attempt(attempt, now)
-        self.current_node_id = node_id
+        self.current_node_id = node.node_id
         return [self._node_updated(node_id, now)]
 
     def set_input(self, node_id: str, node_input: Any, now: dt.datetime) -> list[DomainEvent]:
@@ -284,6 +342,62 @@ class WorkflowExecution:
         node.finished_order = order
         return [self._node_updated(node_id, now)]
 
+    def wait_node(
+        self, key: str, state: dict[str, Any], now: dt.datetime, for_input: bool
+    ) -> list[DomainEvent]:
+        """A RUNNING node waits: for a person (WAITING_INPUT) or for a child (still RUNNING)."""
+        node = self.nodes[key]
+        if node.status != NodeStatus.RUNNING:
+            raise IllegalTransition(f"node {key} is {node.status}, not RUNNING")
+        node.state = state
+        if for_input:
+            node.answer = None
+            node.move(NodeStatus.WAITING_INPUT, now)
+        return [self._node_updated(key, now)]
+
+    def set_state(self, key: str, state: dict[str, Any] | None, now: dt.datetime) -> None:
+        """A running control node's state changed (no event: nothing a watcher sees)."""
+        self.nodes[key].state = state
+        self.updated_at = now
+
+    def add_nodes(self, added: list[NodeExecution]) -> None:
+        """New PENDING node executions (an iteration's), after those already there."""
+        position = len(self.nodes)
+        for offset, node in enumerate(added):
+            node.position = position + offset
+            self.nodes[node.key] = node
+
+    def waiting_node(self, node_id: str, iteration: tuple[int, ...] | None) -> NodeExecution:
+        """The node execution of `node_id` that waits for a person's answer.
+
+        NotFound when the execution has no such node; Conflict when it does not wait (or,
+        in a loop body, when several iterations wait and `iteration` does not say which).
+        """
+        found = [n for n in self.nodes.values() if n.node_id == node_id]
+        if not found:
+            raise NotFound("Node", f"{node_id} in execution {self.id}")
+        if self.finished:
+            raise Conflict(f"Execution {self.id} is {self.status}; nothing waits any more")
+        if iteration is not None:
+            found = [n for n in found if n.iteration == iteration]
+        waiting = [n for n in found if n.status == NodeStatus.WAITING_INPUT and n.answer is None]
+        if len(waiting) == 1:
+            return waiting[0]
+        if not waiting:
+            answered = any(n.status == NodeStatus.WAITING_INPUT for n in found)
+            state = "was answered already" if answered else "does not wait for input"
+            raise Conflict(f"Node {node_id} of execution {self.id} {state}")
+        raise Conflict(
+            f"Several iterations of node {node_id} wait: name one with `iteration` "
+            f"({', '.join(str(list(n.iteration)) for n in waiting)})"
+        )
+
+    def resume_waiting(self, now: dt.datetime) -> None:
+        """Work goes on after a wait: EXECUTION_TIMEOUT's clock runs again where it stopped."""
+        if self.waiting_since is not None:
+            self.deadline_at += now - self.waiting_since
+            self.waiting_since = None
+
     def skip_node(self, node_id: str, now: dt.datetime) -> list[DomainEvent]:
         """A PENDING node that no taken branch reaches."""
         self.nodes[node_id].move(NodeStatus.SKIPPED, now)
@@ -296,18 +410,23 @@ class WorkflowExecution:
         self.current_node_id = None
         return [self._updated(now)]
 
-    def fail(self, message: str, node_id: str | None, now: dt.datetime) -> list[DomainEvent]:
-        """FAIL the execution: `node_id` (if given) FAILED with `message`; others in flight stop.
+    def fail(self, message: str, key: str | None, now: dt.datetime) -> list[DomainEvent]:
+        """FAIL the execution: node `key` (if given) FAILED with `message`; others in flight stop.
 
         Node failures, timeouts, poison and internal errors all end an execution this way.
         """
         events: list[DomainEvent] = []
-        if node_id is not None and self.nodes[node_id].status == NodeStatus.RUNNING:
-            node = self.nodes[node_id]
+        node_id = None if key is None else self.nodes[key].node_id
+        if key is not None and self.nodes[key].status in (
+            NodeStatus.RUNNING,
+            NodeStatus.WAITING_INPUT,
+        ):
+            node = self.nodes[key]
             node.fail_attempt(message, now)
             node.move(NodeStatus.FAILED, now)
-            events.append(self._node_updated(node_id, now))
-            message = f"Node {node_id} failed: {message}"
+            events.append(self._node_updated(key, now))
+            where = f" (iteration {'.'.join(map(str, node.iteration))})" if node.iteration else ""
+            message = f"Node {node_id}{where} failed: {message}"
         events += self._end(ExecutionStatus.FAILED, message, "Cancelled: the execution failed", now)
         events.append(ExecutionErrored(self._seq(), now, node_id, message))
         events.append(self._updated(now))
@@ -326,12 +445,12 @@ class WorkflowExecution:
         events: list[DomainEvent] = []
         # A cancel stops every unfinished node; a failure stops those in flight and leaves the
         # rest PENDING (they never ran), as the seed did.
-        stopping = {NodeStatus.RUNNING}
+        stopping = {NodeStatus.RUNNING, NodeStatus.WAITING_INPUT}
         if status == ExecutionStatus.CANCELLED:
             stopping.add(NodeStatus.PENDING)
         for node in self.nodes.values():
             if node.status in stopping:
-                started = node.status == NodeStatus.RUNNING
+                started = node.status != NodeStatus.PENDING
                 node.move(NodeStatus.CANCELLED, now)
                 if started:
                     node.error = node_error or node.error

@@ -63,7 +63,7 @@ _TOKEN = re.compile(
 _OPENS = {"(": ")", "[": "]", "{": "}"}
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _PATH = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*(?:\.(?:[_a-zA-Z][_a-zA-Z0-9]*|[0-9]+))*")
-CONTEXT_NAMES = frozenset({"input", "variables", "outputs", "output"})
+CONTEXT_NAMES = frozenset({"input", "variables", "outputs", "output", "item", "index"})
 """The names an expression may read; a template path that starts with another reads the input."""
 
 

@@ -80,3 +80,8 @@ def json_or_text(template: Any, value: Any) -> Any:
         return orjson.loads(value)
     except orjson.JSONDecodeError:
         return value
+
+
+def json_text(value: Any) -> str:
+    """A value as JSON text (for a text field that was given something else)."""
+    return orjson.dumps(value).decode()

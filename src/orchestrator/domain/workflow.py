@@ -29,7 +29,7 @@ WORKFLOW_TRANSITIONS: dict[WorkflowStatus, frozenset[WorkflowStatus]] = {
 
 
 class NodeType(StrEnum):
-    """The six node types of the seed."""
+    """The six node types of the seed, and control flow: human input, loops, switch, children."""
 
     START = "START"
     END = "END"
@@ -37,6 +37,11 @@ class NodeType(StrEnum):
     TOOL = "TOOL"
     CONDITIONAL = "CONDITIONAL"
     TRANSFORM = "TRANSFORM"
+    PROMPT = "PROMPT"
+    WHILE = "WHILE"
+    FOR_EACH = "FOR_EACH"
+    SWITCH = "SWITCH"
+    SUBWORKFLOW = "SUBWORKFLOW"
 
 
 @dataclass(frozen=True)

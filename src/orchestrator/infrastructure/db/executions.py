@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, null, select, update
+from sqlalchemy import Table, func, insert, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -15,6 +15,7 @@ from orchestrator.domain.execution import (
     ACTIVE_EXECUTION,
     ExecutionStatus,
     NodeExecution,
+    NodeStatus,
     WorkflowExecution,
 )
 from orchestrator.infrastructure.db.mappers import (
@@ -22,8 +23,8 @@ from orchestrator.infrastructure.db.mappers import (
     execution_from_rows,
     execution_row,
     execution_values,
+    iteration_text,
     node_row,
-    node_values,
 )
 from orchestrator.infrastructure.db.tables import execution_events, executions, node_executions
 
@@ -86,14 +87,15 @@ class SqlExecutionRepository:
                 return found
         await self._c.execute(
             _INSERT_NODES,
-            [node_row(execution.id, i, n) for i, n in enumerate(execution.nodes.values())],
+            [node_row(execution.id, n) for n in execution.nodes.values()],
         )
         return execution
 
-    async def get(self, execution_id: str) -> WorkflowExecution | None:
-        row = (
-            await self._c.execute(select(executions).where(executions.c.id == execution_id))
-        ).first()
+    async def get(self, execution_id: str, lock: bool = False) -> WorkflowExecution | None:
+        query = select(executions).where(executions.c.id == execution_id)
+        if lock:
+            query = query.with_for_update()
+        row = (await self._c.execute(query)).first()
         if row is None:
             return None
         nodes = await self._c.execute(
@@ -144,6 +146,37 @@ class SqlExecutionRepository:
             by_execution.setdefault(node.execution_id, []).append(node)
         return [execution_from_rows(r, by_execution.get(r.id, [])) for r in rows], int(total)
 
+    async def answer(
+        self, execution_id: str, node: NodeExecution, answer: Any, now: dt.datetime
+    ) -> bool:
+        answered = await self._c.execute(
+            update(node_executions)
+            .where(
+                node_executions.c.execution_id == execution_id,
+                node_executions.c.node_id == node.node_id,
+                node_executions.c.iteration == iteration_text(node.iteration),
+                node_executions.c.status == NodeStatus.WAITING_INPUT.value,
+                node_executions.c.answer.is_(None),
+            )
+            .values(answer=answer)
+        )
+        if answered.rowcount != 1:
+            return False
+        await wake_execution(self._c, execution_id, now)
+        return True
+
+    async def wake(self, execution_id: str, now: dt.datetime) -> None:
+        await wake_execution(self._c, execution_id, now)
+
+    async def active_children(self, execution_id: str) -> list[str]:
+        rows = await self._c.execute(
+            select(executions.c.id).where(
+                executions.c.parent_execution_id == execution_id,
+                executions.c.status.in_(ACTIVE),
+            )
+        )
+        return list(rows.scalars())
+
     async def events(self, execution_id: str, after_seq: int, limit: int) -> list[ExecutionEvent]:
         rows = await self._c.execute(
             select(execution_events)
@@ -165,14 +198,16 @@ class SqlExecutionRepository:
         return await write_step(self._c, execution, previous_seq, nodes, events)
 
 
-_UPDATE_NODE = (
-    update(node_executions)
-    .where(
-        node_executions.c.execution_id == bindparam("b_execution_id"),
-        node_executions.c.node_id == bindparam("b_node_id"),
+def _upsert_nodes(postgres: bool) -> Any:
+    """Insert a node execution (an iteration's are new), or update the one already there."""
+    statement = (postgresql.insert if postgres else sqlite.insert)(node_executions)
+    return statement.on_conflict_do_update(
+        index_elements=["execution_id", "node_id", "iteration"],
+        set_={name: statement.excluded[name] for name in NODE_VALUES},
     )
-    .values({name: bindparam(name) for name in NODE_VALUES})
-)
+
+
+_UPSERT_NODES = {postgres: _upsert_nodes(postgres) for postgres in (True, False)}
 
 
 async def write_step(
@@ -203,14 +238,33 @@ async def write_step(
         return False
     if nodes:
         await connection.execute(
-            _UPDATE_NODE,
-            [
-                {"b_execution_id": execution.id, "b_node_id": n.node_id, **node_values(n)}
-                for n in nodes
-            ],
+            _UPSERT_NODES[connection.dialect.name == "postgresql"],
+            [node_row(execution.id, n) for n in nodes],
         )
     await insert_events(connection, events, now)
     return True
+
+
+NEVER = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+"""`wake_at` of an execution that waits with no timeout: only an answer or a child wakes it."""
+
+
+async def wake_execution(connection: AsyncConnection, execution_id: str, now: dt.datetime) -> None:
+    """Make an unfinished execution claimable now, taking the lease from whoever holds it.
+
+    Whoever drove it stops at its next fenced write, and the next claim loads what woke it
+    (an answer, a child's end) with the rest.
+    """
+    await connection.execute(
+        update(executions)
+        .where(executions.c.id == execution_id, executions.c.status.in_(ACTIVE))
+        .values(
+            wake_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            lease_token=executions.c.lease_token + 1,
+        )
+    )
 
 
 async def insert_events(

@@ -122,6 +122,8 @@ def node_values(node: NodeExecution) -> dict[str, Any]:
         "started_at": node.started_at,
         "completed_at": node.completed_at,
         "routes": node.routes,
+        "state": node.state,
+        "answer": node.answer,
     }
 
 
@@ -129,12 +131,18 @@ NODE_VALUES = tuple(node_values(NodeExecution("", NodeType.START)))
 """The node columns a step writes."""
 
 
-def node_row(execution_id: str, position: int, node: NodeExecution) -> dict[str, Any]:
+def iteration_text(iteration: tuple[int, ...]) -> str:
+    """The stored form of an iteration path: "" outside loops, "2", "0.3"."""
+    return ".".join(map(str, iteration))
+
+
+def node_row(execution_id: str, node: NodeExecution) -> dict[str, Any]:
     """A full node row for an insert."""
     return {
         "execution_id": execution_id,
         "node_id": node.node_id,
-        "position": position,
+        "iteration": iteration_text(node.iteration),
+        "position": node.position,
         "node_type": node.node_type.value,
         **node_values(node),
     }
@@ -155,6 +163,10 @@ def node_from_row(row: Any) -> NodeExecution:
         attempts=_attempts_from_json(row.attempts),
         finished_order=row.finished_order,
         routes=row.routes,
+        iteration=tuple(int(i) for i in row.iteration.split(".")) if row.iteration else (),
+        state=row.state,
+        answer=row.answer,
+        position=row.position,
     )
 
 
@@ -168,6 +180,8 @@ def execution_values(execution: WorkflowExecution) -> dict[str, Any]:
         "started_at": execution.started_at,
         "completed_at": execution.completed_at,
         "last_seq": execution.last_seq,
+        "deadline_at": execution.deadline_at,
+        "waiting_since": execution.waiting_since,
     }
 
 
@@ -179,6 +193,8 @@ EXECUTION_VALUES = (
     "started_at",
     "completed_at",
     "last_seq",
+    "deadline_at",
+    "waiting_since",
 )
 """The execution columns a step writes."""
 
@@ -193,7 +209,10 @@ def execution_row(execution: WorkflowExecution) -> dict[str, Any]:
         "user_id": execution.user_id,
         "idempotency_key": execution.idempotency_key,
         "retry_of": execution.retry_of,
-        "deadline_at": execution.deadline_at,
+        "parent_execution_id": execution.parent_execution_id,
+        "parent_node_id": execution.parent_node_id,
+        "depth": execution.depth,
+        "wake_at": None,
         "created_at": execution.created_at,
         "updated_at": execution.updated_at,
         **execution_values(execution),
@@ -216,7 +235,7 @@ def execution_from_rows(row: Any, node_rows: Sequence[Any]) -> WorkflowExecution
         created_at=row.created_at,
         updated_at=row.updated_at,
         deadline_at=row.deadline_at,
-        nodes={r.node_id: node_from_row(r) for r in node_rows},
+        nodes={node.key: node for node in map(node_from_row, node_rows)},
         output=row.output,
         error=row.error,
         current_node_id=row.current_node_id,
@@ -225,4 +244,8 @@ def execution_from_rows(row: Any, node_rows: Sequence[Any]) -> WorkflowExecution
         idempotency_key=row.idempotency_key,
         retry_of=row.retry_of,
         last_seq=row.last_seq,
+        parent_execution_id=row.parent_execution_id,
+        parent_node_id=row.parent_node_id,
+        depth=row.depth,
+        waiting_since=row.waiting_since,
     )

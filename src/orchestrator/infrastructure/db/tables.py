@@ -123,6 +123,13 @@ class ExecutionRow(Base):
     lease_token: Mapped[int] = mapped_column(BigInteger, default=0)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     recoveries: Mapped[int] = mapped_column(Integer, default=0)
+    # A waiting execution holds no lease; it is claimed again at `wake_at` (a wait's timeout),
+    # or at once when an answer or a child's end sets it to now. NULL: claimable now.
+    wake_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    waiting_since: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    parent_execution_id: Mapped[str | None] = mapped_column(String(36))
+    parent_node_id: Mapped[str | None] = mapped_column(String(200))
+    depth: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
         ForeignKeyConstraint(
@@ -133,13 +140,21 @@ class ExecutionRow(Base):
         Index("ix_executions_workflow_created", "workflow_id", "created_at"),
         Index("ix_executions_status_created", "status", "created_at"),
         Index("ix_executions_created", "created_at"),
-        # The runner's claim query scans only unfinished executions.
+        # The runner's claim query scans only unfinished executions that do not wait; those
+        # that wait, by when they wake.
         Index(
             "ix_executions_claimable",
             "lease_expires_at",
-            postgresql_where="status IN ('PENDING', 'RUNNING')",
-            sqlite_where="status IN ('PENDING', 'RUNNING')",
+            postgresql_where="status IN ('PENDING', 'RUNNING') AND wake_at IS NULL",
+            sqlite_where="status IN ('PENDING', 'RUNNING') AND wake_at IS NULL",
         ),
+        Index(
+            "ix_executions_waking",
+            "wake_at",
+            postgresql_where="status IN ('PENDING', 'RUNNING') AND wake_at IS NOT NULL",
+            sqlite_where="status IN ('PENDING', 'RUNNING') AND wake_at IS NOT NULL",
+        ),
+        Index("ix_executions_parent", "parent_execution_id"),
     )
 
 
@@ -152,6 +167,8 @@ class NodeExecutionRow(Base):
         String(36), ForeignKey("executions.id", ondelete="CASCADE"), primary_key=True
     )
     node_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # The iteration path in loop bodies ("2", "0.3"); "" outside loops.
+    iteration: Mapped[str] = mapped_column(String(200), primary_key=True, default="")
     position: Mapped[int] = mapped_column(Integer)
     node_type: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
@@ -165,6 +182,9 @@ class NodeExecutionRow(Base):
     completed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     # The ids of the outgoing edges taken when the node completed.
     routes: Mapped[Any] = mapped_column(Json, nullable=True)
+    # A control node's state (a wait, a FOR_EACH's items) and a person's answer to a wait.
+    state: Mapped[Any] = mapped_column(Json, nullable=True)
+    answer: Mapped[Any] = mapped_column(Json, nullable=True)
 
 
 class ExecutionEventRow(Base):

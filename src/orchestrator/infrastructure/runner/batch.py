@@ -27,7 +27,7 @@ from orchestrator.infrastructure.db.mappers import (
     EXECUTION_VALUES,
     NODE_VALUES,
     execution_values,
-    node_values,
+    node_row,
 )
 from orchestrator.infrastructure.db.tables import executions, node_executions
 
@@ -42,6 +42,9 @@ def _recordset(table: Table, names: tuple[str, ...]) -> str:
 
 def _assign(names: tuple[str, ...], source: str) -> str:
     return ", ".join(f"{n} = {source}.{n}" for n in names)
+
+
+_NODE_COLUMNS = ("execution_id", "node_id", "iteration", "position", "node_type", *NODE_VALUES)
 
 
 # The column lists come from the table definitions and the mappers, so that a new column is
@@ -66,12 +69,13 @@ WITH step AS (
       AND e.status IN ('PENDING', 'RUNNING')
     RETURNING e.id
 ), nodes AS (
-    UPDATE node_executions AS n
-    SET {_assign(NODE_VALUES, "v")}
-    FROM fence, jsonb_to_recordset($2::jsonb) AS v(
-        execution_id text, node_id text, {_recordset(node_executions, NODE_VALUES)})
-    WHERE v.execution_id = fence.id AND n.execution_id = v.execution_id
-      AND n.node_id = v.node_id
+    -- An iteration's node executions are new; the others are there already.
+    INSERT INTO node_executions ({", ".join(_NODE_COLUMNS)})
+    SELECT {", ".join(f"v.{n}" for n in _NODE_COLUMNS)}
+    FROM fence JOIN jsonb_to_recordset($2::jsonb) AS v(
+        {_recordset(node_executions, _NODE_COLUMNS)}) ON v.execution_id = fence.id
+    ON CONFLICT (execution_id, node_id, iteration) DO UPDATE
+    SET {", ".join(f"{n} = EXCLUDED.{n}" for n in NODE_VALUES)}
     RETURNING 1
 ), events AS (
     INSERT INTO execution_events (execution_id, seq, event, payload, created_at)
@@ -117,9 +121,7 @@ class StepWriter:
             "finished": execution.finished,
             **execution_values(execution),
         }
-        node_rows = [
-            {"execution_id": execution.id, "node_id": n.node_id, **node_values(n)} for n in nodes
-        ]
+        node_rows = [node_row(execution.id, n) for n in nodes]
         event_rows = [
             {"execution_id": e.execution_id, "seq": e.seq, "event": e.name, "payload": e.payload}
             for e in events

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from orchestrator.domain.engine import (
     Step,
     Stopped,
     advance,
+    wait_deadline,
 )
 from orchestrator.domain.execution import WorkflowExecution
 from orchestrator.infrastructure.db.errors import is_refused_value, is_transient
@@ -43,6 +45,9 @@ from orchestrator.infrastructure.runner.store import (
 )
 
 log = logging.getLogger(__name__)
+
+# A child's end wakes its parent at once; this recheck covers a crash between the two.
+CHILD_RECHECK = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -93,11 +98,30 @@ class Driver:
         """Let in-flight nodes finish, start no new ones."""
         self._draining = True
 
+    @property
+    def execution(self) -> WorkflowExecution:
+        """The execution as this driver last stepped it."""
+        return self._execution
+
+    def wake_at(self) -> dt.datetime | None:
+        """When a parked execution must be claimed again: its first wait's timeout, and soon
+        when it waits for a child (in case the child's end could not wake it); None: never."""
+        times: list[dt.datetime] = []
+        for node in self._execution.nodes.values():
+            if node.waiting == "child":
+                times.append(self._clock.now() + CHILD_RECHECK)
+            deadline = wait_deadline(node)
+            if deadline is not None:
+                times.append(deadline)
+        return min(times, default=None)
+
     async def run(self) -> Outcome:
-        """Drive until the execution finishes, the lease is lost, or draining ends."""
+        """Drive until the execution finishes or waits, the lease is lost, or draining ends."""
         try:
             await self._drive()
-            return Outcome.FINISHED if self._execution.finished else Outcome.DRAINED
+            if self._execution.finished:
+                return Outcome.FINISHED
+            return Outcome.DRAINED if self._draining else Outcome.WAITING
         except LeaseLost:
             return Outcome.LOST
         except (DatabaseUnavailable, EvaluatorUnavailable):
@@ -113,7 +137,11 @@ class Driver:
         if self._claim.recoveries > self._config.max_recoveries:
             await self._apply(Stopped.poisoned(self._claim.recoveries))
             return
-        remaining = (self._execution.deadline_at - self._clock.now()).total_seconds()
+        now = self._clock.now()
+        deadline_at = self._execution.deadline_at
+        if self._execution.waiting_since is not None:  # nobody worked while it waited
+            deadline_at += now - self._execution.waiting_since
+        remaining = (deadline_at - now).total_seconds()
         if remaining <= 0:  # taken over past its deadline
             await self._apply(Stopped.timed_out(self._config.execution_timeout_ms))
             return
@@ -155,7 +183,7 @@ class Driver:
                 for start in step.starts:
                     self._tasks.add(
                         asyncio.create_task(
-                            self._run_node(start), name=f"{self._execution.id}:{start.node_id}"
+                            self._run_node(start), name=f"{self._execution.id}:{start.key}"
                         )
                     )
         if self._execution.finished:

@@ -107,6 +107,12 @@ class Runner:
         if entry is not None:
             entry[2].cancel()
 
+    def woken(self, execution_id: str) -> None:
+        """A waiting execution can go on: whoever drove it here stops, and it is claimed anew
+        (with what woke it) at once."""
+        self.cancelled(execution_id)
+        self._wake.set()
+
     async def start(self) -> None:
         """Start claiming and heartbeating."""
         self._loops = [
@@ -224,15 +230,33 @@ class Runner:
                 # Fenced by the token: a no-op if another runner holds the lease now.
                 with contextlib.suppress(Exception):
                     await self._store.release(claim)
+            elif outcome == Outcome.WAITING:
+                await self._park(claim, driver)
+            elif driver.execution.parent_execution_id is not None:
+                await self._wake_parent(driver.execution.parent_execution_id)
         except asyncio.CancelledError:
             log.info("execution %s: abandoned here (cancelled or lease lost)", claim.execution_id)
         finally:
-            was_full = len(self._drivers) >= self._config.max_concurrent
             entry = self._drivers.get(claim.execution_id)
             if entry is not None and entry[0] is claim:
                 del self._drivers[claim.execution_id]
-            if was_full and not self._stopping:
-                self._wake.set()  # a slot is free again
+            if not self._stopping:
+                self._wake.set()  # a slot is free again, and the execution can be claimed
+
+    async def _park(self, claim: Claim, driver: Driver) -> None:
+        """A waiting execution holds no lease and no memory here until it is woken."""
+        try:
+            await self._store.park(claim, driver.wake_at())
+        except Exception as exc:
+            # Claimed again when the lease runs out: it is then parked again.
+            log.warning("execution %s: could not park (%s)", claim.execution_id, exc)
+
+    async def _wake_parent(self, parent_id: str) -> None:
+        """A sub-workflow finished: its parent goes on at once (else at its next recheck)."""
+        try:
+            await self._store.wake(parent_id, self._clock.now())
+        except Exception as exc:
+            log.warning("execution %s: could not wake it (%s)", parent_id, exc)
 
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:

@@ -17,8 +17,10 @@ from orchestrator.domain.engine import Step
 from orchestrator.domain.execution import ACTIVE_EXECUTION, ExecutionStatus, WorkflowExecution
 from orchestrator.domain.workflow import Definition
 from orchestrator.infrastructure.db.executions import (
+    NEVER,
     SqlExecutionRepository,
     insert_events,
+    wake_execution,
     write_step,
 )
 from orchestrator.infrastructure.db.tables import executions
@@ -34,6 +36,7 @@ class Outcome(enum.Enum):
     FINISHED = "finished"  # the execution reached a terminal status
     DRAINED = "drained"  # shutdown: in-flight nodes finished, the rest is for another runner
     LOST = "lost"  # another runner holds the lease now, or the execution was cancelled
+    WAITING = "waiting"  # every unfinished node waits (for a person, a child): park it
     ABANDONED = "abandoned"  # the database or the expression workers stayed unavailable
 
 
@@ -78,6 +81,7 @@ _CLAIM = (
                     executions.c.lease_expires_at.is_(None),
                     executions.c.lease_expires_at < bindparam("now"),
                 ),
+                or_(executions.c.wake_at.is_(None), executions.c.wake_at <= bindparam("now")),
                 # What this runner still drives, even past a late heartbeat, is not new work.
                 executions.c.id.not_in(bindparam("driving", expanding=True)),
             )
@@ -91,6 +95,7 @@ _CLAIM = (
         lease_owner=bindparam("owner"),
         lease_token=executions.c.lease_token + 1,
         lease_expires_at=bindparam("expires"),
+        wake_at=None,
         # Every claim of a lease that was not given back is a recovery, whoever held it (this
         # runner too, if its driver died); taking back a released execution is not.
         recoveries=executions.c.recoveries
@@ -160,6 +165,41 @@ class RunnerStore:
             ).all()
         tokens = {c.execution_id: c.token for c in claims}
         return held - {r.id for r in renewed if tokens[r.id] == r.lease_token}
+
+    async def park(self, claim: Claim, wake_at: dt.datetime | None) -> bool:
+        """Give the lease of a waiting execution up until `wake_at` (None: until woken).
+
+        Fenced by the token: an answer or a child's end that came in between took the lease
+        away (see `wake`), and then the execution stays claimable at once.
+        """
+        async with self._autocommit() as connection:
+            parked = await connection.execute(
+                update(executions)
+                .where(
+                    executions.c.id == claim.execution_id,
+                    executions.c.lease_token == claim.token,
+                    executions.c.status.in_(ACTIVE),
+                )
+                .values(lease_owner=None, lease_expires_at=None, wake_at=wake_at or NEVER)
+            )
+        return parked.rowcount == 1
+
+    async def wake(self, execution_id: str, now: dt.datetime) -> None:
+        """Make a waiting execution claimable now (a child of it finished)."""
+        async with self._engine.begin() as connection:
+            await wake_execution(connection, execution_id, now)
+
+    async def child_parent(self, execution_id: str) -> str | None:
+        """The execution that started this one as a sub-workflow, if one did."""
+        async with self._engine.connect() as connection:
+            parent: str | None = (
+                await connection.execute(
+                    select(executions.c.parent_execution_id).where(
+                        executions.c.id == execution_id
+                    )
+                )
+            ).scalar_one_or_none()
+        return parent
 
     async def release(self, claim: Claim) -> None:
         """Give the lease up so that any runner can claim the execution at once."""

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from orchestrator.application.ports import ExecutionDetail, VersionRecord
+from orchestrator.application.views import wait_view
 from orchestrator.domain.execution import (
     Attempt,
     ExecutionStatus,
@@ -251,6 +252,27 @@ class ExecuteIn(ExecuteWorkflowIn):
     workflow_id: Id
 
 
+class ResumeIn(WireModel):
+    """Body of POST /workflows/executions/{id}/nodes/{nodeId}/resume."""
+
+    input: Any = Field(
+        description="The answer: text (a multiple choice arrives as JSON text) or any JSON "
+        "value; nested at most MAX_VALUE_DEPTH levels, at most MAX_NODE_OUTPUT_BYTES"
+    )
+    iteration: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        max_length=100,
+        description="In a loop body where several iterations wait: which one (its iteration "
+        "indices, outermost first)",
+    )
+
+
+class ResumeOut(WireModel):
+    """The answer was taken."""
+
+    success: bool = True
+
+
 class AttemptOut(WireModel):
     """One attempt of a node."""
 
@@ -280,11 +302,24 @@ class NodeState(WireModel):
     retry_count: int
     started_at: dt.datetime | None
     completed_at: dt.datetime | None
+    iteration: list[int] = Field(
+        default_factory=list,
+        description="In a loop body: the iteration indices of the enclosing loops, outermost "
+        "first (empty outside loops)",
+    )
+    wait: dict[str, Any] | None = Field(
+        None,
+        description="While the node waits: `for` (input or child) and what it waits for "
+        "(`prompt`, `agentMessage`, `proposals`, `questionType`, `timeoutAt`; or the "
+        "sub-workflow's `subExecutionId`, `subWorkflowId`, `subWorkflowName`)",
+    )
 
     @staticmethod
     def fields(node: NodeExecution) -> dict[str, Any]:
         """The shared fields of `node`."""
         return {
+            "iteration": list(node.iteration),
+            "wait": wait_view(node),
             "node_id": node.node_id,
             "node_type": node.node_type,
             "status": node.status,
@@ -343,6 +378,10 @@ class ExecutionState(WireModel):
     error: str | None
     current_node_id: str | None
     retry_of: str | None
+    parent_execution_id: str | None = Field(
+        None, description="A sub-workflow's execution: the execution that started it"
+    )
+    parent_node_id: str | None = Field(None, description="... and its SUBWORKFLOW node")
     last_seq: int
     started_at: dt.datetime | None
     completed_at: dt.datetime | None
@@ -362,6 +401,8 @@ class ExecutionState(WireModel):
             "error": execution.error,
             "current_node_id": execution.current_node_id,
             "retry_of": execution.retry_of,
+            "parent_execution_id": execution.parent_execution_id,
+            "parent_node_id": execution.parent_node_id,
             "last_seq": execution.last_seq,
             "started_at": execution.started_at,
             "completed_at": execution.completed_at,

@@ -1,4 +1,4 @@
-"""Execution routes: execute, list, get, cancel, retry, events."""
+"""Execution routes: execute, list, get, cancel, resume, retry, events."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from orchestrator.presentation.api.schemas import (
     ExecutionList,
     ExecutionOut,
     ExecutionSummary,
+    ResumeIn,
+    ResumeOut,
 )
 
 router = APIRouter(prefix="/workflows", tags=["executions"], route_class=ReadableRoute)
@@ -112,6 +114,28 @@ async def cancel_execution(execution_id: str, context: ContextDep, user_id: User
     """Cancel now; 409 when it already COMPLETED or FAILED."""
     await use.cancel_execution(context.executions, execution_id, user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/executions/{execution_id}/nodes/{node_id}/resume", response_model=ResumeOut)
+async def resume_node(
+    execution_id: str, node_id: str, body: ResumeIn, context: ContextDep, user_id: UserIdDep
+) -> ResumeOut:
+    """Answer a node that waits for a person (WAITING_INPUT); the execution goes on.
+
+    404 for an unknown execution or node; 409 when the node does not wait or was answered
+    already (of two resumes at once, exactly one wins).
+    """
+    iteration = None if body.iteration is None else tuple(body.iteration)
+    await use.resume_node(
+        context.executions,
+        execution_id,
+        node_id,
+        body.input,
+        iteration,
+        user_id,
+        context.value_limits,
+    )
+    return ResumeOut()
 
 
 @router.post(
