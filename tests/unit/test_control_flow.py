@@ -6,6 +6,8 @@ and a new driver on the stored execution is what a runner does when the executio
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import datetime as dt
 from typing import Any
@@ -384,3 +386,35 @@ async def test_nested_for_each_loops_keep_their_iterations_apart() -> None:
     assert store.stored.output == [[2, 4], [6], []]
     keys = sorted(k for k, node in store.stored.nodes.items() if node.node_id == "double")
     assert keys == ["double@0.0", "double@0.1", "double@1.0"]
+
+
+async def test_a_for_each_taken_over_mid_way_runs_only_what_was_not_done() -> None:
+    gate = asyncio.Event()
+    agents = FakeAgents(writer=["done"])
+    wf = for_each(concurrency=2)
+    driver, store, _ = driver_for(wf, agents, {"items": ["a", "b", "c", "d"]})
+    # Items a and b complete; c and d block until the runner is gone.
+    answers: list[Any] = ["said a", "said b", gate, gate]
+    agents.script["writer"] = answers
+    task = asyncio.create_task(driver.run())
+    await asyncio.wait_for(agents.running.wait(), timeout=10)
+    for _ in range(50):  # the other blocked call starts a few steps later
+        await asyncio.sleep(0)
+    assert len(agents.calls) == 4
+    task.cancel()  # the runner died with c and d in flight
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    stored = store.stored
+    assert [stored.nodes[f"shape@{i}"].status for i in range(2)] == [NodeStatus.COMPLETED] * 2
+    assert stored.nodes["ask@2"].status == NodeStatus.RUNNING
+
+    agents.script["writer"] = ["said again"]
+    taken_over, _ = again(wf, store, agents)
+    assert await taken_over.run() == Outcome.FINISHED
+
+    assert store.stored.status == ExecutionStatus.COMPLETED
+    said = [r["said"] for r in store.stored.output]
+    assert sorted(said[:2]) == ["said a", "said b"]
+    assert said[2:] == ["said again", "said again"]
+    items = [str(call[1]) for call in agents.calls]
+    assert sorted(items) == ["a", "b", "c", "c", "d", "d"]  # c and d again, a and b not
