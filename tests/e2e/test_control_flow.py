@@ -4,6 +4,7 @@ loops, SWITCH and sub-workflows three levels deep."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -324,3 +325,29 @@ async def test_a_child_cancelled_on_its_own_fails_its_parent_node(api: httpx.Asy
     done = await wait_until(api, parent_id, timeout=30)
     assert done["status"] == "FAILED"
     assert f"sub-workflow execution {child_id} ended CANCELLED" in done["error"]
+
+
+async def test_on_the_embedded_sqlite_a_wait_survives_a_restart_and_loops_run(
+    tmp_path: Path, standin: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    first = service_process(url, standin)
+    with running(first):
+        async with httpx.AsyncClient(base_url=base_url(first), timeout=30) as client:
+            workflow_id = await create_active(client, approval())
+            execution_id = (await execute(client, workflow_id, {"title": "Q4"}))["id"]
+            await wait_node(client, execution_id, "ask", "WAITING_INPUT")
+            loop_id = await create_active(client, counter("input.n < 3", 5))
+            looped = await wait_until(client, (await execute(client, loop_id, {"n": 0}))["id"])
+            assert looped["output"] == {"n": 3}, looped
+        first.kill()
+
+    second = service_process(url, standin)
+    with running(second):
+        async with httpx.AsyncClient(base_url=base_url(second), timeout=30) as client:
+            answered = await resume(client, execution_id, "ask", "go")
+            assert answered.status_code == 200, answered.text
+            again = await resume(client, execution_id, "ask", "go again")
+            assert again.status_code == 409
+            done = await wait_until(client, execution_id, timeout=60)
+    assert done["output"] == {"prompt": "Publish Q4?", "response": "go"}

@@ -32,6 +32,8 @@ NAMING = {
 }
 
 Json = JSON().with_variant(JSONB(), "postgresql")
+# A column where SQL NULL means "nothing yet" and a JSON null would be a value.
+NullableJson = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
@@ -184,7 +186,7 @@ class NodeExecutionRow(Base):
     routes: Mapped[Any] = mapped_column(Json, nullable=True)
     # A control node's state (a wait, a FOR_EACH's items) and a person's answer to a wait.
     state: Mapped[Any] = mapped_column(Json, nullable=True)
-    answer: Mapped[Any] = mapped_column(Json, nullable=True)
+    answer: Mapped[Any] = mapped_column(NullableJson, nullable=True)
 
 
 class ExecutionEventRow(Base):
