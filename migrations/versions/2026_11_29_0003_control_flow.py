@@ -58,7 +58,13 @@ def downgrade() -> None:
     op.drop_index("ix_executions_waking", table_name="executions")
     op.drop_index("ix_executions_claimable", table_name="executions")
     with op.batch_alter_table("executions") as batch:
-        for column in ("depth", "parent_node_id", "parent_execution_id", "waiting_since", "wake_at"):
+        for column in (
+            "depth",
+            "parent_node_id",
+            "parent_execution_id",
+            "waiting_since",
+            "wake_at",
+        ):
             batch.drop_column(column)
     op.create_index(
         "ix_executions_claimable",

@@ -225,3 +225,151 @@ async def test_disabled_node_types_refuse_an_execution_naming_the_nodes(
         allowed = await client.post(url, json={"input": "hi", **body_of_call})
         assert allowed.status_code == 202, allowed.text
         assert (await wait_until(client, allowed.json()["id"]))["status"] == "COMPLETED"
+
+
+async def test_the_editor_builds_runs_and_reads_a_workflow_as_the_frontend_does(
+    client: httpx.AsyncClient,
+) -> None:
+    """The frontend's calls in the order its pages make them, under /api, with ?userId= as
+    the gateway appends it; every field it reads is checked."""
+    me = {"userId": user()}
+    made = await client.post("/api/workflows", params=me, json={"name": "Newsletter"})
+    assert made.status_code == 201, made.text
+    workflow = made.json()
+    path = f"/api/workflows/{workflow['id']}"
+    assert workflow["status"] == "DRAFT"
+    assert workflow["definition"]["nodes"] == []
+    assert workflow["problems"] == [
+        {"path": "definition.nodes", "message": "a workflow needs at least one node"}
+    ]
+
+    # The editor adds nodes one by one, in React Flow's shapes (lowercase types included).
+    nodes = [
+        {"id": "start", "type": "start", "position": {"x": 0, "y": 0}, "data": {"label": "Start"}},
+        {
+            "id": "writer",
+            "type": "AGENT",
+            "customName": "Writer",
+            "description": "writes the draft",
+            "position": {"x": 200, "y": 0},
+            "data": {
+                "label": "Agent",
+                "nodeType": "AGENT",
+                "config": {"agentId": "slow", "inputMapping": {"delayMs": 400}},
+            },
+        },
+        {"id": "end", "position": {"x": 400, "y": 0}, "data": {"nodeType": "end"}},
+    ]
+    for body in nodes:
+        added = await client.post(f"{path}/nodes", params=me, json=body)
+        assert added.status_code == 201, added.text
+    shown = added.json()
+    assert [n["id"] for n in shown["definition"]["nodes"]] == ["start", "writer", "end"]
+    writer = shown["definition"]["nodes"][1]
+    assert writer["type"] == "AGENT"
+    assert writer["customName"] == "Writer"
+    assert writer["description"] == "writes the draft"
+    assert writer["config"] == {"agentId": "slow", "inputMapping": {"delayMs": 400}}
+    assert writer["data"] == {"label": "Agent"}
+    assert shown["definition"]["nodes"][2]["type"] == "END"
+    assert shown["definition"]["version"] == 4
+    assert "node 'writer' is not reachable from START" in str(shown["problems"])
+
+    duplicate = await client.post(f"{path}/nodes", params=me, json=nodes[0])
+    assert duplicate.status_code == 409
+    for source, target in (("start", "writer"), ("writer", "end"), ("start", "end")):
+        edge = {"id": f"{source}-{target}", "source": source, "target": target}
+        linked = await client.post(f"{path}/edges", params=me, json=edge)
+        assert linked.status_code == 201, linked.text
+    assert (await client.delete(f"{path}/edges/start-end", params=me)).status_code == 204
+    assert (await client.delete(f"{path}/edges/start-end", params=me)).status_code == 404
+    renamed = await client.put(f"{path}/nodes/writer", params=me, json={"customName": "Copywriter"})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["definition"]["nodes"][1]["customName"] == "Copywriter"
+    assert renamed.json()["definition"]["nodes"][1]["config"]["agentId"] == "slow"
+    assert renamed.json()["problems"] == []
+    extra = {"id": "note", "type": "TRANSFORM", "position": {"x": 9, "y": 9}}
+    assert (await client.post(f"{path}/nodes", params=me, json=extra)).status_code == 201
+    await client.post(
+        f"{path}/edges", params=me, json={"id": "w-note", "source": "writer", "target": "note"}
+    )
+    assert (await client.delete(f"{path}/nodes/note", params=me)).status_code == 204
+    current = (await client.get(path, params=me)).json()
+    assert [e["id"] for e in current["definition"]["edges"]] == ["start-writer", "writer-end"]
+
+    # The editor's save: PUT of the whole workflow, schemas and lowercase status included.
+    saved = await client.put(
+        path,
+        params=me,
+        json={
+            "name": "Newsletter",
+            "description": "weekly",
+            "definition": {
+                **{k: current["definition"][k] for k in ("nodes", "edges", "version")},
+                "inputSchema": INPUT_SCHEMA,
+                "outputSchema": OUTPUT_SCHEMA,
+            },
+            "status": "active",
+        },
+    )
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["status"] == "ACTIVE"
+    assert saved.json()["definition"]["inputSchema"] == INPUT_SCHEMA
+
+    listed = await client.get("/api/workflows", params={**me, "page": 1, "pageSize": 20})
+    assert listed.status_code == 200
+    page = listed.json()
+    assert (page["total"], page["page"], page["limit"]) == (1, 1, 20)
+    assert [w["id"] for w in page["data"]] == [workflow["id"]]
+
+    runs = []
+    for _ in range(2):
+        started = await client.post(
+            f"{path}/execute", params=me, json={"input": {"topic": "AI"}, "disabledNodeTypes": []}
+        )
+        assert started.status_code == 202, started.text
+        runs.append(started.json()["id"])
+    cancelled = await client.post(f"/api/workflows/executions/{runs[1]}/cancel", params=me)
+    assert cancelled.status_code == 204
+    async with client_at(client, "/api") as api:
+        done = await wait_until(api, runs[0], timeout=60)
+    assert done["status"] == "COMPLETED"
+    assert {n["nodeId"]: n["status"] for n in done["nodeExecutions"]} == {
+        "start": "COMPLETED",
+        "writer": "COMPLETED",
+        "end": "COMPLETED",
+    }
+    polled = (await client.get(f"/api/workflows/executions/{runs[1]}", params=me)).json()
+    assert polled["status"] == "CANCELLED"
+
+    history = await client.get(
+        f"{path}/executions",
+        params={**me, "page": 1, "limit": 10, "sortBy": "createdAt", "sortOrder": "asc"},
+    )
+    assert history.status_code == 200, history.text
+    rows = history.json()
+    assert (rows["total"], rows["page"], rows["limit"]) == (2, 1, 10)
+    first, second = rows["data"]
+    assert [first["executionId"], second["executionId"]] == runs
+    assert first["status"] == "COMPLETED"
+    assert first["duration"] >= 400
+    assert first["totalTokens"] > 0  # the stand-in agent reports its tokens
+    assert first["inputTokens"] is None
+    assert first["outputTokens"] is None
+    assert first["error"] is None
+    assert [n["nodeId"] for n in first["nodeExecutions"]] == ["start", "writer", "end"]
+    assert second["status"] == "CANCELLED"
+    assert second["duration"] is not None
+    assert second["totalTokens"] is None
+    assert set(first) >= {"startedAt", "completedAt", "createdAt"}
+    newest = await client.get(f"{path}/executions", params={**me, "sortBy": "status"})
+    assert [r["status"] for r in newest.json()["data"]] == ["COMPLETED", "CANCELLED"]
+    unknown = await client.get("/api/workflows/nope/executions", params=me)
+    assert unknown.status_code == 404
+    bad_sort = await client.get(f"{path}/executions", params={**me, "sortBy": "name"})
+    assert bad_sort.status_code == 400
+
+
+def client_at(client: httpx.AsyncClient, prefix: str) -> httpx.AsyncClient:
+    """The same service with every path under `prefix`."""
+    return httpx.AsyncClient(base_url=f"{client.base_url}{prefix}", timeout=30)

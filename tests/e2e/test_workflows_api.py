@@ -121,11 +121,13 @@ async def test_create_returns_the_workflow_in_camel_case(api: httpx.AsyncClient)
         "description",
         "status",
         "definition",
+        "problems",
         "userId",
         "createdAt",
         "updatedAt",
     }
     uuid.UUID(body["id"])
+    assert body["problems"] == []
     assert body["name"] == "my flow"
     assert body["description"] == "does things"
     assert body["status"] == "DRAFT"
@@ -136,8 +138,11 @@ async def test_create_returns_the_workflow_in_camel_case(api: httpx.AsyncClient)
         "id": "shape",
         "type": "TRANSFORM",
         "name": "Shape it",
+        "customName": None,
+        "description": None,
         "config": {"expression": "input", "inputMapping": {"n": "$variables.n"}},
         "position": {"x": 10, "y": 20.5},
+        "data": None,
     }
     assert body["definition"]["edges"][0] == {
         "id": "e0",
@@ -218,7 +223,7 @@ async def test_a_malformed_body_is_a_400_envelope(api: httpx.AsyncClient) -> Non
     assert (await listed(api, userId=me))["total"] == 0
 
 
-async def test_an_invalid_definition_lists_every_problem_and_stores_nothing(
+async def test_an_invalid_definition_lists_every_problem_and_an_active_one_is_not_stored(
     api: httpx.AsyncClient,
 ) -> None:
     me = user()
@@ -237,7 +242,9 @@ async def test_an_invalid_definition_lists_every_problem_and_stores_nothing(
     }
 
     response = await api.post(
-        "/workflows", params={"userId": me}, json={"name": "bad", "definition": definition}
+        "/workflows",
+        params={"userId": me},
+        json={"name": "bad", "definition": definition, "status": "ACTIVE"},
     )
 
     body = assert_envelope(response, 400, "POST", "/workflows")
@@ -258,6 +265,16 @@ async def test_an_invalid_definition_lists_every_problem_and_stores_nothing(
         assert expected in text, text
     assert (await listed(api, userId=me))["total"] == 0
 
+    draft = await create(api, me, "bad draft", definition)
+    assert draft["status"] == "DRAFT"
+    assert draft["problems"] == details
+    assert [n["id"] for n in draft["definition"]["nodes"]] == ["s1", "s2", "ask", "call", "ask"]
+    assert (await api.get(f"/workflows/{draft['id']}")).json() == draft
+    activate = await api.patch(f"/workflows/{draft['id']}", json={"status": "ACTIVE"})
+    assert assert_envelope(activate, 400, "PATCH", f"/workflows/{draft['id']}")["details"] == (
+        details
+    )
+
 
 async def test_an_unreachable_node_and_a_dead_end_are_reported(api: httpx.AsyncClient) -> None:
     definition = graph({"id": "mid", "type": "TRANSFORM", "config": {"expression": "1"}})
@@ -265,7 +282,9 @@ async def test_an_unreachable_node_and_a_dead_end_are_reported(api: httpx.AsyncC
     definition["nodes"].append({"id": "dead", "type": "TRANSFORM", "config": {"template": 1}})
     definition["edges"].append({"id": "to-dead", "source": "mid", "target": "dead"})
 
-    response = await api.post("/workflows", json={"name": "x", "definition": definition})
+    response = await api.post(
+        "/workflows", json={"name": "x", "definition": definition, "status": "ACTIVE"}
+    )
 
     details = assert_envelope(response, 400, "POST", "/workflows")["details"]
     messages = [d["message"] for d in details]
@@ -274,12 +293,22 @@ async def test_an_unreachable_node_and_a_dead_end_are_reported(api: httpx.AsyncC
     assert "no END node is reachable from node 'dead'" in messages
 
 
-async def test_an_empty_definition_is_refused(api: httpx.AsyncClient) -> None:
-    response = await api.post("/workflows", json={"name": "x", "definition": {"nodes": []}})
+async def test_an_empty_definition_is_a_draft_not_an_active_workflow(
+    api: httpx.AsyncClient,
+) -> None:
+    empty: dict[str, Any] = {"nodes": []}
+    response = await api.post(
+        "/workflows", json={"name": "x", "definition": empty, "status": "ACTIVE"}
+    )
     details = assert_envelope(response, 400, "POST", "/workflows")["details"]
     assert details == [
         {"path": "definition.nodes", "message": "a workflow needs at least one node"}
     ]
+    for body in ({"name": "x", "definition": empty}, {"name": "by name only"}):
+        draft = await api.post("/workflows", json=body)
+        assert draft.status_code == 201, draft.text
+        assert draft.json()["problems"] == details
+        assert draft.json()["definition"]["nodes"] == []
 
 
 async def test_creating_an_archived_workflow_is_refused(api: httpx.AsyncClient) -> None:
@@ -488,8 +517,10 @@ async def test_patch_changes_name_and_description_without_a_new_version(
     assert len(versions) == 1
 
 
-async def test_an_invalid_patch_changes_nothing(api: httpx.AsyncClient) -> None:
-    workflow = await create(api, user())
+async def test_an_invalid_patch_of_an_active_workflow_changes_nothing(
+    api: httpx.AsyncClient,
+) -> None:
+    workflow = await create(api, user(), status="ACTIVE")
     path = f"/workflows/{workflow['id']}"
 
     bad = await api.patch(

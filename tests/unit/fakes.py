@@ -8,11 +8,13 @@ from typing import Any
 
 from orchestrator.application.ports import (
     FULL_DETAIL,
+    NEWEST_FIRST,
     ChildRef,
     ChildRefused,
     ChildResult,
     ExecutionDetail,
     ExecutionEvent,
+    ExecutionOrder,
     ExecutionRepository,
     Page,
     VersionRecord,
@@ -130,6 +132,7 @@ class FakeExecutionRepository:
         status: ExecutionStatus | None,
         user_id: str | None,
         detail: ExecutionDetail = FULL_DETAIL,
+        order: ExecutionOrder = NEWEST_FIRST,
     ) -> tuple[list[WorkflowExecution], int]:
         matching = [
             x

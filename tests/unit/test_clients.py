@@ -12,7 +12,7 @@ import pytest
 import respx
 from httpx_aiohttp import AiohttpTransport
 
-from orchestrator.application.ports import CallContext, InvocationError
+from orchestrator.application.ports import AgentAnswer, CallContext, InvocationError
 from orchestrator.infrastructure.clients.http import (
     DEFAULT_MAX_REPLY_BYTES,
     AgentClient,
@@ -70,7 +70,8 @@ def agent_reply(**fields: Any) -> dict[str, Any]:
 
 
 async def call_agent(http: httpx.AsyncClient, ctx: CallContext = CTX) -> Any:
-    return await AgentClient(http, AGENT_BASE).execute_agent("a1", "hi", ctx)
+    answer = await AgentClient(http, AGENT_BASE).execute_agent("a1", "hi", ctx)
+    return answer.output
 
 
 async def call_tool(http: httpx.AsyncClient, ctx: CallContext = CTX) -> Any:
@@ -88,7 +89,7 @@ async def test_agent_request_carries_input_metadata_and_idempotency_key(
         "agént:1", {"text": "héllo", "n": [1, 2]}, CTX
     )
 
-    assert result == {"score": 0.9, "tags": ["x"]}
+    assert result == AgentAnswer({"score": 0.9, "tags": ["x"]}, {"totalTokens": 12})
     request = route.calls.last.request
     assert request.headers["Idempotency-Key"] == "e-1:n-1"
     assert json.loads(request.content) == {
@@ -106,6 +107,36 @@ async def test_agent_string_input_is_sent_as_is_and_plain_output_kept(
     body = json.loads(route.calls.last.request.content)
     assert body["input"] == "hi"
     assert body["metadata"]["userId"] is None
+
+
+@pytest.mark.parametrize(
+    ("tokens", "usage"),
+    [
+        (12, {"totalTokens": 12}),
+        (
+            {"inputTokens": 3, "outputTokens": 4},
+            {"inputTokens": 3, "outputTokens": 4, "totalTokens": 7},
+        ),
+        (
+            {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+            {"inputTokens": 5, "outputTokens": 1, "totalTokens": 6},
+        ),
+        ({"input": 2}, {"inputTokens": 2}),
+        (None, None),
+        (-1, None),
+        (True, None),
+        ("12", None),
+        ({"inputTokens": "3"}, None),
+    ],
+)
+async def test_agent_tokens_are_read_as_usage(
+    http: httpx.AsyncClient, router: respx.MockRouter, tokens: Any, usage: Any
+) -> None:
+    router.post(AGENT_URL).respond(json=agent_reply(tokens=tokens))
+
+    answer = await AgentClient(http, AGENT_BASE).execute_agent("a1", "hi", CTX)
+
+    assert answer.usage == usage
 
 
 @pytest.mark.parametrize(
@@ -481,10 +512,10 @@ async def test_a_reply_of_exactly_the_cap_is_read(
 ) -> None:
     router.post(AGENT_URL).respond(200, content=padded_reply(5000))
 
-    output = await AgentClient(http, AGENT_BASE, max_reply_bytes=5000).execute_agent(
+    answer = await AgentClient(http, AGENT_BASE, max_reply_bytes=5000).execute_agent(
         "a1", "hi", CTX
     )
-    assert output == "x" * (5000 - len(json.dumps(agent_reply(output="")).encode()))
+    assert answer.output == "x" * (5000 - len(json.dumps(agent_reply(output="")).encode()))
 
     with pytest.raises(InvocationError) as raised:
         await AgentClient(http, AGENT_BASE, max_reply_bytes=4999).execute_agent("a1", "hi", CTX)

@@ -16,6 +16,7 @@ from orchestrator.application.workflows import (
     list_versions,
     list_workflows,
     update_workflow,
+    workflow_problems,
 )
 from orchestrator.domain.errors import Conflict, IllegalTransition, NotFound, ValidationFailed
 from orchestrator.domain.validation import validate_definition
@@ -109,13 +110,13 @@ async def test_create_archived_is_refused_and_nothing_is_stored(
     assert uow.committed is False
 
 
-async def test_create_invalid_definition_lists_every_problem_and_stores_nothing(
+async def test_an_invalid_definition_created_active_lists_every_problem_and_stores_nothing(
     uow: FakeUnitOfWork, clock: FixedClock
 ) -> None:
     with pytest.raises(ValidationFailed) as caught:
-        await create_workflow(lambda: uow, clock, "x", None, INVALID, None, ALICE)
+        await create_workflow(lambda: uow, clock, "x", None, INVALID, WorkflowStatus.ACTIVE, ALICE)
 
-    assert caught.value.message == "Workflow definition is invalid"
+    assert caught.value.message.startswith("An ACTIVE workflow's definition must be valid")
     problems = {(p.path, p.message) for p in caught.value.problems}
     assert problems == {(p.path, p.message) for p in validate_definition(INVALID)}
     assert {path for path, _ in problems} == {
@@ -127,6 +128,24 @@ async def test_create_invalid_definition_lists_every_problem_and_stores_nothing(
     assert uow.fake_workflows.rows == {}
     assert uow.fake_workflows.version_rows == {}
     assert uow.committed is False
+
+
+async def test_a_draft_is_stored_incomplete_with_its_problems(
+    uow: FakeUnitOfWork, clock: FixedClock
+) -> None:
+    draft = await create_workflow(lambda: uow, clock, "x", None, INVALID, None, ALICE)
+    empty = await create_workflow(lambda: uow, clock, "y", None, None, None, ALICE)
+
+    assert draft.status == empty.status == WorkflowStatus.DRAFT
+    assert uow.fake_workflows.rows[draft.id].definition.nodes == INVALID.nodes
+    assert workflow_problems(draft) == validate_definition(INVALID)
+    assert [p.message for p in workflow_problems(empty)] == ["a workflow needs at least one node"]
+    with pytest.raises(ValidationFailed) as caught:
+        await update_workflow(
+            lambda: uow, clock, draft.id, WorkflowChanges(status=WorkflowStatus.ACTIVE), ALICE
+        )
+    assert len(caught.value.problems) == 5
+    assert uow.fake_workflows.rows[draft.id].status == WorkflowStatus.DRAFT
 
 
 async def test_get_returns_the_stored_workflow(uow: FakeUnitOfWork, clock: FixedClock) -> None:
@@ -218,10 +237,10 @@ async def test_description_is_kept_unless_given_and_can_be_cleared(
     assert (cleared.name, cleared.description) == ("n", None)
 
 
-async def test_update_with_invalid_definition_changes_nothing(
+async def test_an_active_workflow_keeps_a_valid_definition(
     uow: FakeUnitOfWork, clock: FixedClock
 ) -> None:
-    created = await create(uow, clock)
+    created = await create(uow, clock, WorkflowStatus.ACTIVE)
     with pytest.raises(ValidationFailed) as caught:
         await update_workflow(
             lambda: uow, clock, created.id, WorkflowChanges(definition=INVALID), ALICE

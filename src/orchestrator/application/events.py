@@ -116,4 +116,10 @@ def replay(
         (n for n in execution.nodes.values() if n.status != NodeStatus.PENDING),
         key=lambda n: (order.get(n.node_id, len(order)), n.iteration),
     )
-    return [node_update(execution.id, n, execution.last_seq, at, names) for n in started]
+    # Each at the time it last changed, so that a late view shows when the node ran.
+    return [
+        node_update(
+            execution.id, n, execution.last_seq, n.completed_at or n.started_at or at, names
+        )
+        for n in started
+    ]

@@ -22,6 +22,7 @@ from orchestrator.application.ports import (
     EventPublisher,
     ExecutionDetail,
     ExecutionEvent,
+    ExecutionOrder,
     ExecutionRepository,
     Page,
     RunnerSignals,
@@ -148,6 +149,24 @@ async def list_executions(
     carries."""
     async with services.uow_factory() as uow:
         return await uow.executions.list_page(page, workflow_id, status, user_id, detail)
+
+
+async def workflow_history(
+    services: ExecutionServices,
+    workflow_id: str,
+    page: Page,
+    order: ExecutionOrder,
+    user_id: str | None,
+) -> tuple[list[WorkflowExecution], int]:
+    """One page of a workflow's executions, with node states (not their data); NotFound for
+    a workflow the caller cannot see."""
+    async with services.uow_factory() as uow:
+        workflow = await uow.workflows.get(workflow_id)
+        if workflow is None or not visible(workflow.user_id, user_id):
+            raise NotFound("Workflow", workflow_id)
+        return await uow.executions.list_page(
+            page, workflow_id, None, user_id, ExecutionDetail(nodes=False, io=False), order
+        )
 
 
 async def cancel_execution(

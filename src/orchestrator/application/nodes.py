@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from orchestrator.application.ports import (
+    AgentAnswer,
     AgentInvoker,
     CallContext,
     ChildExecutions,
@@ -224,9 +225,7 @@ class NodeWork:
             output = {"prompt": state.get("prompt"), "response": node.answer}
             return await self._succeed(workflow, execution, key, node_input, output)
         if start.wake == "timeout":
-            if any(
-                e.source_handle == TIMEOUT_HANDLE for e in workflow.outgoing[node.node_id]
-            ):
+            if any(e.source_handle == TIMEOUT_HANDLE for e in workflow.outgoing[node.node_id]):
                 output = {"prompt": state.get("prompt"), "response": None, "timedOut": True}
                 return await self._succeed(
                     workflow, execution, key, node_input, output, TIMEOUT_HANDLE
@@ -327,14 +326,21 @@ class NodeWork:
 
         policy = RetryPolicy.from_config(node.config.get("retry"), self._default_retries)
         output = await self._retrier.run(call, policy, start.attempt, on_attempt, on_failure)
+        usage = None
+        if isinstance(output, AgentAnswer):  # an agent's, with the tokens it used
+            earlier = (current.state or {}).get("usage") if questions else None
+            output, usage = output.output, add_usage(earlier, output.usage)
         question = _question(output) if node.config.get("allowAskUser") is True else None
         if question is None:
-            return await self._succeed(workflow, execution, key, node_input, output)
+            routes = await self._routes(workflow, execution, key, output, None)
+            return NodeSucceeded(key, node_input, output, routes, usage)
         if len(questions) >= MAX_QUESTIONS:
             return NodeFailed(
                 key, node_input, f"the agent asked more than {MAX_QUESTIONS} questions"
             )
         state = {"wait": "input", **question, "questions": [*questions, question]}
+        if usage is not None:
+            state["usage"] = usage
         return NodeWaiting(key, node_input, state, for_input=True)
 
     async def _parameters(
@@ -379,6 +385,13 @@ class NodeWork:
             if await self._evaluator.evaluate(*work):
                 taken.append(edge_id)
         return taken
+
+
+def add_usage(a: dict[str, int] | None, b: dict[str, int] | None) -> dict[str, int] | None:
+    """Token counts added up, field by field."""
+    if a is None or b is None:
+        return a or b
+    return {name: a.get(name, 0) + b.get(name, 0) for name in {*a, *b}}
 
 
 def _same(case: Any, value: Any) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from orchestrator.domain.evaluation import Analysis, Job
 from orchestrator.domain.execution import ExecutionStatus, NodeExecution, WorkflowExecution
@@ -40,10 +40,21 @@ class CallContext:
     timeout_s: float | None
 
 
+@dataclass(frozen=True)
+class AgentAnswer:
+    """An agent's answer, and the tokens it says it used (`usage`, when it reported them:
+    `inputTokens`, `outputTokens`, `totalTokens`)."""
+
+    output: Any
+    usage: dict[str, int] | None = None
+
+
 class AgentInvoker(Protocol):
     """agent-service: run an agent on an input; returns the agent's answer."""
 
-    async def execute_agent(self, agent_id: str, node_input: Any, ctx: CallContext) -> Any: ...
+    async def execute_agent(
+        self, agent_id: str, node_input: Any, ctx: CallContext
+    ) -> AgentAnswer: ...
 
 
 class ToolInvoker(Protocol):
@@ -161,6 +172,19 @@ class ExecutionDetail:
 
 FULL_DETAIL = ExecutionDetail()
 
+SortField = Literal["createdAt", "startedAt", "completedAt", "status"]
+
+
+@dataclass(frozen=True)
+class ExecutionOrder:
+    """How a page of executions is sorted (executions never started or finished come last)."""
+
+    by: SortField = "createdAt"
+    descending: bool = True
+
+
+NEWEST_FIRST = ExecutionOrder()
+
 
 @dataclass(frozen=True)
 class ExecutionEvent:
@@ -237,6 +261,7 @@ class ExecutionRepository(Protocol):
         status: ExecutionStatus | None,
         user_id: str | None,
         detail: ExecutionDetail = FULL_DETAIL,
+        order: ExecutionOrder = NEWEST_FIRST,
     ) -> tuple[list[WorkflowExecution], int]: ...
 
     async def events(

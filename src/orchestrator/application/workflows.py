@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,25 +30,70 @@ class WorkflowChanges:
     status: WorkflowStatus | None = None
 
 
-def definition_problems(definition: Definition, limits: ValueLimits) -> list[Problem]:
-    """Every problem of the definition; an empty list means it may be stored.
+EMPTY = Definition(nodes=(), edges=())
 
-    A config or schema over the value bounds is reported alone: the other rules walk the configs.
-    """
+
+def bounds_problems(definition: Definition, limits: ValueLimits) -> list[Problem]:
+    """The configs and schemas over the value bounds: never stored, not even in a draft."""
     bounded: list[tuple[str, Any]] = [
         (f"definition.nodes[{i}].config", n.config) for i, n in enumerate(definition.nodes)
     ]
+    bounded += [(f"definition.nodes[{i}].data", n.data) for i, n in enumerate(definition.nodes)]
     bounded += [
         ("definition.inputSchema", definition.input_schema),
         ("definition.outputSchema", definition.output_schema),
     ]
-    bounds = []
+    problems = []
     for path, value in bounded:
         try:
             limits.check(value, path.rsplit(".", 1)[-1])
         except ValueTooLarge as exc:
-            bounds.append(Problem(path, exc.message))
-    return bounds or validate_definition(definition)
+            problems.append(Problem(path, exc.message))
+    return problems
+
+
+def definition_problems(definition: Definition, limits: ValueLimits) -> list[Problem]:
+    """Every problem of the definition; an empty list means it may run.
+
+    A config or schema over the value bounds is reported alone: the other rules walk the configs.
+    """
+    return bounds_problems(definition, limits) or validate_definition(definition)
+
+
+_PROBLEMS: OrderedDict[tuple[str, int], tuple[Definition, list[Problem]]] = OrderedDict()
+PROBLEMS_CACHE_SIZE = 4096
+
+
+def workflow_problems(workflow: Workflow) -> list[Problem]:
+    """What keeps the workflow's current version from running (a draft may be incomplete);
+    found once per stored version."""
+    key = (workflow.id, workflow.version)
+    cached = _PROBLEMS.get(key)
+    if cached is not None and cached[0] == workflow.definition:
+        _PROBLEMS.move_to_end(key)
+        return list(cached[1])
+    problems = validate_definition(workflow.definition)
+    _PROBLEMS[key] = (workflow.definition, problems)
+    if len(_PROBLEMS) > PROBLEMS_CACHE_SIZE:
+        _PROBLEMS.popitem(last=False)
+    return list(problems)
+
+
+def _check(workflow: Workflow, definition: Definition, limits: ValueLimits) -> None:
+    """Bounds always; an ACTIVE workflow's definition must be able to run. Raises
+    ValidationFailed listing every problem."""
+    problems = bounds_problems(definition, limits)
+    if not problems and workflow.status == WorkflowStatus.ACTIVE:
+        problems = validate_definition(definition)
+        if problems:
+            raise ValidationFailed(
+                "An ACTIVE workflow's definition must be valid (save it as a DRAFT or "
+                "INACTIVE workflow to keep it incomplete)",
+                problems,
+            )
+    if problems:
+        raise ValidationFailed("Workflow definition is invalid", problems)
+    _refuse_self_calls(workflow.id, definition)
 
 
 def check_definition(definition: Definition, limits: ValueLimits) -> None:
@@ -75,13 +123,16 @@ async def create_workflow(
     clock: Clock,
     name: str,
     description: str | None,
-    definition: Definition,
+    definition: Definition | None,
     status: WorkflowStatus | None,
     user_id: str | None,
     limits: ValueLimits = DEFAULT_LIMITS,
 ) -> Workflow:
-    """Validate and store a new workflow at version 1 (DRAFT unless told otherwise)."""
-    check_definition(definition, limits)
+    """Store a new workflow at version 1, DRAFT unless told otherwise.
+
+    A DRAFT (or INACTIVE) workflow may be incomplete, its definition even empty: GET reports
+    its problems. One created ACTIVE must be valid. Values over the bounds are never stored.
+    """
     if status == WorkflowStatus.ARCHIVED:
         raise ValidationFailed(
             "A workflow cannot be created ARCHIVED", [Problem("status", "must not be ARCHIVED")]
@@ -92,11 +143,12 @@ async def create_workflow(
         name=name,
         description=description,
         status=status or WorkflowStatus.DRAFT,
-        definition=replace(definition, version=1),
+        definition=replace(definition or EMPTY, version=1),
         user_id=user_id,
         created_at=now,
         updated_at=now,
     )
+    _check(workflow, workflow.definition, limits)
     async with uow_factory() as uow:
         await uow.workflows.add(workflow)
         await uow.commit()
@@ -130,17 +182,12 @@ async def update_workflow(
     user_id: str | None,
     limits: ValueLimits = DEFAULT_LIMITS,
 ) -> Workflow:
-    """Apply a partial update; a changed definition becomes the next version."""
-    if changes.definition is not None:
-        check_definition(changes.definition, limits)
-    async with uow_factory() as uow:
-        workflow = await uow.workflows.get(workflow_id)
-        if workflow is None or not visible(workflow.user_id, user_id):
-            raise NotFound("Workflow", workflow_id)
-        workflow.ensure_editable()
-        if changes.definition is not None:
-            _refuse_self_calls(workflow_id, changes.definition)
-        now = clock.now()
+    """Apply a partial update; a changed definition becomes the next version.
+
+    Activating needs a valid definition: 400 lists every problem.
+    """
+
+    def change(workflow: Workflow, now: dt.datetime) -> bool:
         if changes.name is not None:
             workflow.name = changes.name
         if changes.description is not UNSET:
@@ -150,6 +197,48 @@ async def update_workflow(
             new_version = workflow.replace_definition(changes.definition, now)
         if changes.status is not None:
             workflow.change_status(changes.status, now)
+        return new_version
+
+    return await _change(uow_factory, clock, workflow_id, user_id, limits, change)
+
+
+async def edit_graph(
+    uow_factory: UnitOfWorkFactory,
+    clock: Clock,
+    workflow_id: str,
+    edit: Callable[[Definition], Definition],
+    user_id: str | None,
+    limits: ValueLimits = DEFAULT_LIMITS,
+) -> Workflow:
+    """One edit of the graph (a node or an edge added, changed or removed): the next version.
+
+    NotFound or Conflict come from the edit itself (an unknown node, an id already taken).
+    """
+
+    def change(workflow: Workflow, now: dt.datetime) -> bool:
+        return workflow.replace_definition(edit(workflow.definition), now)
+
+    return await _change(uow_factory, clock, workflow_id, user_id, limits, change)
+
+
+async def _change(
+    uow_factory: UnitOfWorkFactory,
+    clock: Clock,
+    workflow_id: str,
+    user_id: str | None,
+    limits: ValueLimits,
+    change: Callable[[Workflow, dt.datetime], bool],
+) -> Workflow:
+    async with uow_factory() as uow:
+        workflow = await uow.workflows.get(workflow_id)
+        if workflow is None or not visible(workflow.user_id, user_id):
+            raise NotFound("Workflow", workflow_id)
+        workflow.ensure_editable()
+        was = (workflow.status, workflow.version)
+        now = clock.now()
+        new_version = change(workflow, now)
+        if (workflow.status, workflow.version) != was:
+            _check(workflow, workflow.definition, limits)
         workflow.updated_at = now
         await uow.workflows.save(workflow, new_version)
         await uow.commit()

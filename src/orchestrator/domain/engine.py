@@ -417,12 +417,14 @@ class InputResolved:
 
 @dataclass(frozen=True)
 class NodeSucceeded:
-    """A node's work finished with `output`; `routes` are the outgoing edges it takes."""
+    """A node's work finished with `output`; `routes` are the outgoing edges it takes;
+    `usage` the tokens an agent reported."""
 
     key: str
     input: Any
     output: Any
     routes: list[str]
+    usage: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -595,8 +597,9 @@ class _Stepper:
                 self.record(ex.start_node(key, attempt, node.input, now), key)
             case InputResolved(key, node_input):
                 self.record(ex.set_input(key, node_input, now), key)
-            case NodeSucceeded(key, node_input, output, routes):
+            case NodeSucceeded(key, node_input, output, routes, usage):
                 ex.nodes[key].input = node_input
+                ex.nodes[key].usage = usage
                 if self.complete(key, output, routes):
                     self.pending.append(self.scope_of(key))
             case NodeFailed(key, node_input, error):

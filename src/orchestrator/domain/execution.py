@@ -149,6 +149,8 @@ class NodeExecution:
     answer: Any = None
     # Order of the node executions of an execution (creation order).
     position: int = 0
+    # The tokens an agent reported: inputTokens, outputTokens, totalTokens (those it gave).
+    usage: dict[str, int] | None = None
     # A loop's iterations, found once per load (not stored).
     progress: LoopProgress | None = field(default=None, compare=False, repr=False)
     # Bytes of the output as JSON, once measured (not stored: measured again after a load).

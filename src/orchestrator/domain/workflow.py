@@ -8,7 +8,13 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from orchestrator.domain.errors import Conflict, IllegalTransition, Problem, ValidationFailed
+from orchestrator.domain.errors import (
+    Conflict,
+    IllegalTransition,
+    NotFound,
+    Problem,
+    ValidationFailed,
+)
 
 
 class WorkflowStatus(StrEnum):
@@ -46,18 +52,26 @@ class NodeType(StrEnum):
 
 @dataclass(frozen=True)
 class Node:
-    """One step of a workflow."""
+    """One step of a workflow.
+
+    `name` (the seed's) and `custom_name` (the platform editor's) are both kept as sent;
+    `description`, `position` and `data` (what a graph editor keeps with the node) are the
+    editor's, stored and returned untouched.
+    """
 
     id: str
     type: NodeType
     config: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
     position: dict[str, float] | None = None
+    custom_name: str | None = None
+    description: str | None = None
+    data: dict[str, Any] | None = None
 
     @property
     def display_name(self) -> str:
-        """The name a user sees: the node's name, else its id."""
-        return self.name or self.id
+        """The name a user sees: the node's custom name, else its name, else its id."""
+        return self.custom_name or self.name or self.id
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,45 @@ class Definition:
             and self.input_schema == other.input_schema
             and self.output_schema == other.output_schema
         )
+
+    def with_node(self, node: Node) -> Definition:
+        """This graph and one more node (Conflict if its id is taken)."""
+        if any(n.id == node.id for n in self.nodes):
+            raise Conflict(f"Node {node.id} already exists")
+        return replace(self, nodes=(*self.nodes, node))
+
+    def with_node_changed(self, node: Node) -> Definition:
+        """This graph with node `node.id` replaced (NotFound if there is none)."""
+        self.node_or_not_found(node.id)
+        return replace(self, nodes=tuple(node if n.id == node.id else n for n in self.nodes))
+
+    def without_node(self, node_id: str) -> Definition:
+        """This graph without the node and every edge into or out of it."""
+        self.node_or_not_found(node_id)
+        return replace(
+            self,
+            nodes=tuple(n for n in self.nodes if n.id != node_id),
+            edges=tuple(e for e in self.edges if node_id not in (e.source, e.target)),
+        )
+
+    def with_edge(self, edge: Edge) -> Definition:
+        """This graph and one more edge (Conflict if its id is taken)."""
+        if any(e.id == edge.id for e in self.edges):
+            raise Conflict(f"Edge {edge.id} already exists")
+        return replace(self, edges=(*self.edges, edge))
+
+    def without_edge(self, edge_id: str) -> Definition:
+        """This graph without the edge (NotFound if there is none)."""
+        if not any(e.id == edge_id for e in self.edges):
+            raise NotFound("Edge", edge_id)
+        return replace(self, edges=tuple(e for e in self.edges if e.id != edge_id))
+
+    def node_or_not_found(self, node_id: str) -> Node:
+        """The node with this id, or NotFound."""
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise NotFound("Node", node_id)
 
     def ensure_types_enabled(self, disabled_types: Iterable[str]) -> None:
         """Refuse to run when a node is of a type disabled for this execution (case-insensitive).

@@ -12,7 +12,7 @@ import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 
-from orchestrator.application.ports import CallContext, InvocationError
+from orchestrator.application.ports import AgentAnswer, CallContext, InvocationError
 from orchestrator.domain.validation import service_id_problem
 
 _RETRYABLE_STATUSES = frozenset({408, 429})
@@ -237,8 +237,9 @@ class AgentClient(_ServiceClient):
 
     service = "agent-service"
 
-    async def execute_agent(self, agent_id: str, node_input: Any, ctx: CallContext) -> Any:
-        """Run the agent on `node_input` and return its answer, parsed when it is JSON text."""
+    async def execute_agent(self, agent_id: str, node_input: Any, ctx: CallContext) -> AgentAnswer:
+        """Run the agent on `node_input` and return its answer, parsed when it is JSON text,
+        with the tokens it reported."""
         subject = f"agent {agent_id!r}"
         self._check_id("agentId", agent_id, subject)
         text = (
@@ -265,7 +266,42 @@ class AgentClient(_ServiceClient):
             raise InvocationError(f"{subject} failed: {_detail(error)}", retryable=False)
         if reply.get("status") == "FAILED":
             raise InvocationError(f"{subject} failed (status FAILED)", retryable=False)
-        return _parse_output(reply.get("output"))
+        return AgentAnswer(_parse_output(reply.get("output")), usage_of(reply.get("tokens")))
+
+
+def usage_of(tokens: Any) -> dict[str, int] | None:
+    """The tokens an agent reported: a number (the total) or an object with input and output
+    counts (`inputTokens`/`outputTokens`/`totalTokens`, or `prompt_tokens`/`completion_tokens`
+    /`total_tokens`); None when it reported none that can be read."""
+    if isinstance(tokens, bool):
+        return None
+    if isinstance(tokens, int) and tokens >= 0:
+        return {"totalTokens": tokens}
+    if not isinstance(tokens, dict):
+        return None
+    usage: dict[str, int] = {}
+    for name, aliases in _TOKEN_FIELDS.items():
+        for alias in aliases:
+            value = tokens.get(alias)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                usage[name] = value
+                break
+    if "totalTokens" not in usage and {"inputTokens", "outputTokens"} <= usage.keys():
+        usage["totalTokens"] = usage["inputTokens"] + usage["outputTokens"]
+    return usage or None
+
+
+_TOKEN_FIELDS = {
+    "inputTokens": ("inputTokens", "input_tokens", "promptTokens", "prompt_tokens", "input"),
+    "outputTokens": (
+        "outputTokens",
+        "output_tokens",
+        "completionTokens",
+        "completion_tokens",
+        "output",
+    ),
+    "totalTokens": ("totalTokens", "total_tokens", "total"),
+}
 
 
 class ToolClient(_ServiceClient):

@@ -10,7 +10,14 @@ from sqlalchemy import Table, func, insert, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orchestrator.application.ports import FULL_DETAIL, ExecutionDetail, ExecutionEvent, Page
+from orchestrator.application.ports import (
+    FULL_DETAIL,
+    NEWEST_FIRST,
+    ExecutionDetail,
+    ExecutionEvent,
+    ExecutionOrder,
+    Page,
+)
 from orchestrator.domain.execution import (
     ACTIVE_EXECUTION,
     ExecutionStatus,
@@ -44,6 +51,21 @@ _INSERT_ONCE = {
 
 _EXECUTION_DETAIL = ("input", "output")
 _NODE_DETAIL = ("input", "output", "attempts")
+
+
+_SORT_COLUMNS = {
+    "createdAt": executions.c.created_at,
+    "startedAt": executions.c.started_at,
+    "completedAt": executions.c.completed_at,
+    "status": executions.c.status,
+}
+
+
+def _ordering(order: ExecutionOrder) -> list[Any]:
+    """ORDER BY for a page: NULLs last either way, then newest first, then by id (stable)."""
+    column = _SORT_COLUMNS[order.by]
+    first = column.desc() if order.descending else column.asc()
+    return [first.nulls_last(), executions.c.created_at.desc(), executions.c.id]
 
 
 def _columns(table: Table, left_out: tuple[str, ...]) -> list[Any]:
@@ -112,6 +134,7 @@ class SqlExecutionRepository:
         status: ExecutionStatus | None,
         user_id: str | None,
         detail: ExecutionDetail = FULL_DETAIL,
+        order: ExecutionOrder = NEWEST_FIRST,
     ) -> tuple[list[WorkflowExecution], int]:
         conditions = []
         if workflow_id is not None:
@@ -124,7 +147,7 @@ class SqlExecutionRepository:
             await self._c.execute(
                 select(*_columns(executions, () if detail.io else _EXECUTION_DETAIL))
                 .where(*conditions)
-                .order_by(executions.c.created_at.desc(), executions.c.id)
+                .order_by(*_ordering(order))
                 .limit(page.limit)
                 .offset(page.offset)
             )

@@ -25,6 +25,12 @@ def definition_to_json(definition: Definition) -> dict[str, Any]:
             item["name"] = node.name
         if node.position is not None:
             item["position"] = node.position
+        if node.custom_name is not None:
+            item["customName"] = node.custom_name
+        if node.description is not None:
+            item["description"] = node.description
+        if node.data is not None:
+            item["data"] = node.data
         nodes.append(item)
     edges = []
     for edge in definition.edges:
@@ -52,6 +58,9 @@ def definition_from_json(data: Mapping[str, Any]) -> Definition:
                 config=n.get("config") or {},
                 name=n.get("name"),
                 position=n.get("position"),
+                custom_name=n.get("customName"),
+                description=n.get("description"),
+                data=n.get("data"),
             )
             for n in data["nodes"]
         ),
@@ -124,6 +133,7 @@ def node_values(node: NodeExecution) -> dict[str, Any]:
         "routes": node.routes,
         "state": node.state,
         "answer": node.answer,
+        "usage": node.usage,
     }
 
 
@@ -167,6 +177,7 @@ def node_from_row(row: Any) -> NodeExecution:
         state=row.state,
         answer=row.answer,
         position=row.position,
+        usage=row.usage,
     )
 
 

@@ -187,6 +187,8 @@ class NodeExecutionRow(Base):
     # A control node's state (a wait, a FOR_EACH's items) and a person's answer to a wait.
     state: Mapped[Any] = mapped_column(Json, nullable=True)
     answer: Mapped[Any] = mapped_column(NullableJson, nullable=True)
+    # The tokens an agent reported for this node.
+    usage: Mapped[Any] = mapped_column(Json, nullable=True)
 
 
 class ExecutionEventRow(Base):

@@ -194,9 +194,7 @@ class RunnerStore:
         async with self._engine.connect() as connection:
             parent: str | None = (
                 await connection.execute(
-                    select(executions.c.parent_execution_id).where(
-                        executions.c.id == execution_id
-                    )
+                    select(executions.c.parent_execution_id).where(executions.c.id == execution_id)
                 )
             ).scalar_one_or_none()
         return parent

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from orchestrator.application.ports import ExecutionDetail, VersionRecord
 from orchestrator.application.views import wait_view
+from orchestrator.application.workflows import workflow_problems
+from orchestrator.domain.errors import Problem as DomainProblem
+from orchestrator.domain.errors import ValidationFailed
 from orchestrator.domain.execution import (
     Attempt,
     ExecutionStatus,
@@ -38,14 +42,118 @@ class Position(WireModel):
     y: float
 
 
-class NodeIn(WireModel):
+def _upper(value: Any) -> Any:
+    """Older saves of the platform's editor write types and statuses in lowercase."""
+    return value.upper() if isinstance(value, str) else value
+
+
+NodeTypeName = Annotated[NodeType, BeforeValidator(_upper)]
+StatusName = Annotated[WorkflowStatus, BeforeValidator(_upper)]
+# What React Flow keeps in a node's `data` that the canonical shape says elsewhere.
+_CANONICAL_DATA = ("config", "customName", "nodeType")
+
+
+class NodeFields(WireModel):
+    """A node's fields as the seed's clients and the platform's editor send them.
+
+    `config` may come in React Flow's `data.config`, `customName` in `data.customName` and
+    `type` in `data.nodeType`; what else `data` holds (say its `label`) is kept as `data`.
+    """
+
+    name: str | None = Field(None, max_length=200)
+    custom_name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=10_000)
+    config: StoredObject | None = None
+    position: Position | None = None
+    data: StoredObject | None = None
+
+    def _canonical(self) -> dict[str, Any]:
+        """The fields of a domain node that were sent, with `data` folded in."""
+        sent = self.model_fields_set
+        data = self.data or {}
+        fields: dict[str, Any] = {}
+        if "name" in sent:
+            fields["name"] = self.name
+        if "custom_name" in sent or "customName" in data:
+            fields["custom_name"] = self.custom_name or data.get("customName")
+        if "description" in sent:
+            fields["description"] = self.description
+        if "config" in sent or "config" in data:
+            config = self.config if self.config is not None else data.get("config")
+            fields["config"] = config if isinstance(config, dict) else {}
+        if "position" in sent:
+            fields["position"] = self.position.model_dump() if self.position else None
+        if "data" in sent:
+            rest = {k: v for k, v in data.items() if k not in _CANONICAL_DATA}
+            fields["data"] = rest or None
+        return fields
+
+
+class NodeIn(NodeFields):
     """A node of a definition."""
 
     id: Id
+    type: NodeTypeName
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_from_data(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "type" not in value:
+            data = value.get("data")
+            if isinstance(data, dict) and "nodeType" in data:
+                return {**value, "type": data["nodeType"]}
+        return value
+
+    def to_domain(self) -> Node:
+        """The domain node."""
+        return Node(id=self.id, type=self.type, **self._canonical())
+
+
+class NodePatch(NodeFields):
+    """Body of PUT /workflows/{id}/nodes/{nodeId}: the fields sent replace the node's."""
+
+    id: Id | None = Field(None, description="The node's id; it cannot change")
+    type: NodeTypeName | None = None
+
+    def apply(self, node: Node) -> Node:
+        """The node with the fields sent replaced."""
+        if self.id is not None and self.id != node.id:
+            raise ValidationFailed(
+                "A node's id cannot change", [DomainProblem("id", f"must be {node.id!r}")]
+            )
+        fields = self._canonical()
+        if self.type is not None:
+            fields["type"] = self.type
+        elif isinstance((self.data or {}).get("nodeType"), str):
+            fields["type"] = NodeType(_upper(self.data["nodeType"]))  # type: ignore[index]
+        return replace(node, **fields)
+
+
+class NodeOut(WireModel):
+    """A stored node, in the contract's shape."""
+
+    id: str
     type: NodeType
-    name: str | None = Field(None, max_length=200)
+    name: str | None = None
+    custom_name: str | None = None
+    description: str | None = None
     config: StoredObject = Field(default_factory=dict)
     position: Position | None = None
+    data: StoredObject | None = None
+
+    @classmethod
+    def of(cls, node: Node) -> NodeOut:
+        """From the domain node."""
+        return cls(
+            id=node.id,
+            type=node.type,
+            name=node.name,
+            custom_name=node.custom_name,
+            description=node.description,
+            config=node.config,
+            position=Position(**node.position) if node.position else None,
+            data=node.data,
+        )
 
 
 class EdgeIn(WireModel):
@@ -57,11 +165,15 @@ class EdgeIn(WireModel):
     condition: str | None = None
     source_handle: str | None = Field(None, max_length=50)
 
+    def to_domain(self) -> Edge:
+        """The domain edge."""
+        return Edge(self.id, self.source, self.target, self.condition, self.source_handle)
+
 
 class DefinitionIn(WireModel):
     """A definition as sent; `version` is assigned by the service and ignored here."""
 
-    nodes: list[NodeIn]
+    nodes: list[NodeIn] = Field(default_factory=list)
     edges: list[EdgeIn] = Field(default_factory=list)
     version: int | None = None
     input_schema: StoredObject | None = None
@@ -70,19 +182,8 @@ class DefinitionIn(WireModel):
     def to_domain(self) -> Definition:
         """The domain definition."""
         return Definition(
-            nodes=tuple(
-                Node(
-                    id=n.id,
-                    type=n.type,
-                    config=n.config,
-                    name=n.name,
-                    position=n.position.model_dump() if n.position else None,
-                )
-                for n in self.nodes
-            ),
-            edges=tuple(
-                Edge(e.id, e.source, e.target, e.condition, e.source_handle) for e in self.edges
-            ),
+            nodes=tuple(n.to_domain() for n in self.nodes),
+            edges=tuple(e.to_domain() for e in self.edges),
             input_schema=self.input_schema,
             output_schema=self.output_schema,
         )
@@ -91,7 +192,7 @@ class DefinitionIn(WireModel):
 class DefinitionOut(WireModel):
     """A stored definition."""
 
-    nodes: list[NodeIn]
+    nodes: list[NodeOut]
     edges: list[EdgeIn]
     version: int
     input_schema: StoredObject | None = None
@@ -101,16 +202,7 @@ class DefinitionOut(WireModel):
     def of(cls, definition: Definition) -> DefinitionOut:
         """From the domain definition."""
         return cls(
-            nodes=[
-                NodeIn(
-                    id=n.id,
-                    type=n.type,
-                    name=n.name,
-                    config=n.config,
-                    position=Position(**n.position) if n.position else None,
-                )
-                for n in definition.nodes
-            ],
+            nodes=[NodeOut.of(n) for n in definition.nodes],
             edges=[
                 EdgeIn(
                     id=e.id,
@@ -127,13 +219,20 @@ class DefinitionOut(WireModel):
         )
 
 
+class Problem(WireModel):
+    """One validation problem."""
+
+    path: str
+    message: str
+
+
 class WorkflowCreate(WireModel):
-    """Body of POST /workflows."""
+    """Body of POST /workflows; without a definition, the workflow starts as an empty draft."""
 
     name: str = Field(min_length=1, max_length=200)
     description: str | None = Field(None, max_length=10_000)
-    definition: DefinitionIn
-    status: WorkflowStatus | None = None
+    definition: DefinitionIn | None = None
+    status: StatusName | None = None
 
 
 class WorkflowPatch(WireModel):
@@ -143,7 +242,7 @@ class WorkflowPatch(WireModel):
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=10_000)
     definition: DefinitionIn | None = None
-    status: WorkflowStatus | None = None
+    status: StatusName | None = None
 
 
 class ValidateIn(WireModel):
@@ -153,13 +252,15 @@ class ValidateIn(WireModel):
 
 
 class WorkflowOut(WireModel):
-    """A workflow."""
+    """A workflow; `problems` says what keeps its current definition from running (a draft
+    may be saved incomplete; activating it needs none)."""
 
     id: str
     name: str
     description: str | None
     status: WorkflowStatus
     definition: DefinitionOut
+    problems: list[Problem]
     user_id: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -173,6 +274,7 @@ class WorkflowOut(WireModel):
             description=workflow.description,
             status=workflow.status,
             definition=DefinitionOut.of(workflow.definition),
+            problems=[Problem(path=p.path, message=p.message) for p in workflow_problems(workflow)],
             user_id=workflow.user_id,
             created_at=workflow.created_at,
             updated_at=workflow.updated_at,
@@ -211,13 +313,6 @@ class VersionList(WireModel):
 
     workflow_id: str
     versions: list[VersionOut]
-
-
-class Problem(WireModel):
-    """One validation problem."""
-
-    path: str
-    message: str
 
 
 class ValidationResult(WireModel):
@@ -307,6 +402,9 @@ class NodeState(WireModel):
         description="In a loop body: the iteration indices of the enclosing loops, outermost "
         "first (empty outside loops)",
     )
+    usage: dict[str, int] | None = Field(
+        None, description="The tokens an agent reported: inputTokens, outputTokens, totalTokens"
+    )
     wait: dict[str, Any] | None = Field(
         None,
         description="While the node waits: `for` (input or child) and what it waits for "
@@ -319,6 +417,7 @@ class NodeState(WireModel):
         """The shared fields of `node`."""
         return {
             "iteration": list(node.iteration),
+            "usage": node.usage,
             "wait": wait_view(node),
             "node_id": node.node_id,
             "node_type": node.node_type,
@@ -450,6 +549,61 @@ class ExecutionSummary(ExecutionState):
             output=execution.output,
             node_executions=nodes,
         )
+
+
+class HistoryItem(WireModel):
+    """One execution in a workflow's run history, as the platform's frontend lists it."""
+
+    execution_id: str
+    workflow_version: int
+    status: ExecutionStatus
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    duration: int | None = Field(description="Milliseconds from start to end, once it ended")
+    total_tokens: int | None = Field(description="Tokens the agents reported; null if none did")
+    input_tokens: int | None
+    output_tokens: int | None
+    node_executions: list[NodeSummary]
+    error: str | None
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, execution: WorkflowExecution) -> HistoryItem:
+        """From the domain execution (its nodes' states, without their data)."""
+        started, completed = execution.started_at, execution.completed_at
+        duration = None
+        if started is not None and completed is not None:
+            duration = max(0, round((completed - started).total_seconds() * 1000))
+        reported = [n.usage for n in execution.nodes.values() if n.usage]
+
+        def total(name: str) -> int | None:
+            counts = [u[name] for u in reported if name in u]
+            return sum(counts) if counts else None
+
+        states = ExecutionDetail(nodes=False, io=False)
+        return cls(
+            execution_id=execution.id,
+            workflow_version=execution.workflow_version,
+            status=execution.status,
+            started_at=started,
+            completed_at=completed,
+            duration=duration,
+            total_tokens=total("totalTokens"),
+            input_tokens=total("inputTokens"),
+            output_tokens=total("outputTokens"),
+            node_executions=[NodeSummary.of(n, states) for n in execution.nodes.values()],
+            error=execution.error,
+            created_at=execution.created_at,
+        )
+
+
+class HistoryPage(WireModel):
+    """A page of a workflow's executions."""
+
+    data: list[HistoryItem]
+    total: int
+    page: int
+    limit: int
 
 
 class ExecutionList(WireModel):

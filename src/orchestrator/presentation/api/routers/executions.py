@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response, status
 
 from orchestrator.application import executions as use
+from orchestrator.application.ports import ExecutionOrder, SortField
 from orchestrator.domain.execution import ExecutionStatus
 from orchestrator.presentation.api.deps import (
     AppContext,
@@ -24,6 +25,8 @@ from orchestrator.presentation.api.schemas import (
     ExecutionList,
     ExecutionOut,
     ExecutionSummary,
+    HistoryItem,
+    HistoryPage,
     ResumeIn,
     ResumeOut,
 )
@@ -100,6 +103,24 @@ async def list_executions(
         total=total,
         page=page.page,
         limit=page.limit,
+    )
+
+
+@router.get("/{workflow_id}/executions", response_model=HistoryPage)
+async def workflow_history(
+    workflow_id: str,
+    context: ContextDep,
+    page: PageDep,
+    user_id: UserIdDep,
+    sort_by: Annotated[SortField, Query(alias="sortBy")] = "createdAt",
+    sort_order: Annotated[Literal["asc", "desc"], Query(alias="sortOrder")] = "desc",
+) -> HistoryPage:
+    """The workflow's executions, newest first unless `sortBy`/`sortOrder` say otherwise; each
+    with its duration and the tokens its agents reported."""
+    order = ExecutionOrder(by=sort_by, descending=sort_order == "desc")
+    items, total = await use.workflow_history(context.executions, workflow_id, page, order, user_id)
+    return HistoryPage(
+        data=[HistoryItem.of(x) for x in items], total=total, page=page.page, limit=page.limit
     )
 
 

@@ -1,17 +1,24 @@
-"""Workflow routes: /workflows, /workflows/validate, /workflows/{id}, /workflows/{id}/versions."""
+"""Workflow routes: /workflows, /workflows/validate, /workflows/{id} with its versions, its
+nodes and edges (the platform editor builds a graph one node and one edge at a time) and its
+execution history."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from orchestrator.application import workflows as use
-from orchestrator.domain.workflow import WorkflowStatus
-from orchestrator.presentation.api.deps import ContextDep, UserIdDep, WorkflowPageDep
+from orchestrator.domain.workflow import Definition
+from orchestrator.presentation.api.deps import AppContext, ContextDep, UserIdDep, WorkflowPageDep
 from orchestrator.presentation.api.readable import ReadableRoute
 from orchestrator.presentation.api.schemas import (
+    EdgeIn,
+    NodeIn,
+    NodePatch,
     Problem,
+    StatusName,
     ValidateIn,
     ValidationResult,
     VersionList,
@@ -29,13 +36,17 @@ router = APIRouter(prefix="/workflows", tags=["workflows"], route_class=Readable
 async def create_workflow(
     body: WorkflowCreate, context: ContextDep, user_id: UserIdDep
 ) -> WorkflowOut:
-    """Create a workflow (DRAFT unless `status` says otherwise); 400 lists every problem."""
+    """Create a workflow (DRAFT unless `status` says otherwise).
+
+    A DRAFT may be incomplete, even without a definition: `problems` lists what keeps it from
+    running. An ACTIVE one must be valid: 400 lists every problem.
+    """
     workflow = await use.create_workflow(
         context.uow_factory,
         context.clock,
         body.name,
         body.description,
-        body.definition.to_domain(),
+        body.definition.to_domain() if body.definition is not None else None,
         body.status,
         user_id,
         context.value_limits,
@@ -48,7 +59,7 @@ async def list_workflows(
     context: ContextDep,
     page: WorkflowPageDep,
     user_id: UserIdDep,
-    status_filter: Annotated[WorkflowStatus | None, Query(alias="status")] = None,
+    status_filter: Annotated[StatusName | None, Query(alias="status")] = None,
 ) -> WorkflowList:
     """A page of workflows, newest first."""
     items, total = await use.list_workflows(context.uow_factory, page, user_id, status_filter)
@@ -77,7 +88,8 @@ async def update_workflow(
     workflow_id: str, body: WorkflowPatch, context: ContextDep, user_id: UserIdDep
 ) -> WorkflowOut:
     """Change name, description, definition (a new version) or status; PUT is the editor's save
-    and replaces the fields it sends."""
+    and replaces the fields it sends. Activating needs a valid definition (400 lists every
+    problem); an ACTIVE workflow's definition stays valid."""
     fields = body.model_fields_set
     changes = use.WorkflowChanges(
         name=body.name,
@@ -105,3 +117,68 @@ async def list_versions(workflow_id: str, context: ContextDep, user_id: UserIdDe
     """Every version of the workflow's definition, oldest first."""
     records = await use.list_versions(context.uow_factory, workflow_id, user_id)
     return VersionList(workflow_id=workflow_id, versions=[VersionOut.of(r) for r in records])
+
+
+@router.post(
+    "/{workflow_id}/nodes", status_code=status.HTTP_201_CREATED, response_model=WorkflowOut
+)
+async def add_node(
+    workflow_id: str, body: NodeIn, context: ContextDep, user_id: UserIdDep
+) -> WorkflowOut:
+    """Add a node: a new version; 409 when its id is taken."""
+    node = body.to_domain()
+    return await _edit(context, workflow_id, user_id, lambda d: d.with_node(node))
+
+
+@router.put("/{workflow_id}/nodes/{node_id}", response_model=WorkflowOut)
+async def change_node(
+    workflow_id: str, node_id: str, body: NodePatch, context: ContextDep, user_id: UserIdDep
+) -> WorkflowOut:
+    """Change the fields of a node that are sent: a new version; 404 for an unknown node."""
+    return await _edit(
+        context,
+        workflow_id,
+        user_id,
+        lambda d: d.with_node_changed(body.apply(d.node_or_not_found(node_id))),
+    )
+
+
+@router.delete("/{workflow_id}/nodes/{node_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_node(
+    workflow_id: str, node_id: str, context: ContextDep, user_id: UserIdDep
+) -> Response:
+    """Delete a node and every edge into or out of it: a new version."""
+    await _edit(context, workflow_id, user_id, lambda d: d.without_node(node_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{workflow_id}/edges", status_code=status.HTTP_201_CREATED, response_model=WorkflowOut
+)
+async def add_edge(
+    workflow_id: str, body: EdgeIn, context: ContextDep, user_id: UserIdDep
+) -> WorkflowOut:
+    """Add an edge: a new version; 409 when its id is taken."""
+    edge = body.to_domain()
+    return await _edit(context, workflow_id, user_id, lambda d: d.with_edge(edge))
+
+
+@router.delete("/{workflow_id}/edges/{edge_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_edge(
+    workflow_id: str, edge_id: str, context: ContextDep, user_id: UserIdDep
+) -> Response:
+    """Delete an edge: a new version; 404 for an unknown edge."""
+    await _edit(context, workflow_id, user_id, lambda d: d.without_edge(edge_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _edit(
+    context: AppContext,
+    workflow_id: str,
+    user_id: str | None,
+    edit: Callable[[Definition], Definition],
+) -> WorkflowOut:
+    workflow = await use.edit_graph(
+        context.uow_factory, context.clock, workflow_id, edit, user_id, context.value_limits
+    )
+    return WorkflowOut.of(workflow)
