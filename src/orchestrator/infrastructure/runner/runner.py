@@ -224,24 +224,39 @@ class Runner:
         return compiled
 
     async def _drive(self, claim: Claim, driver: Driver) -> None:
+        was_full = False
+        claim_again = False  # something may be claimable at once: look now, not at next poll
         try:
             outcome = await driver.run()
+            # Out of the heartbeat's sight before the lease is given up: a heartbeat must not
+            # take the given-up lease for a lost one.
+            was_full = self._forget(claim)
             if outcome in (Outcome.DRAINED, Outcome.ABANDONED, Outcome.LOST):
                 # Fenced by the token: a no-op if another runner holds the lease now.
                 with contextlib.suppress(Exception):
                     await self._store.release(claim)
+                claim_again = outcome == Outcome.LOST
             elif outcome == Outcome.WAITING:
                 await self._park(claim, driver)
             elif driver.execution.parent_execution_id is not None:
                 await self._wake_parent(driver.execution.parent_execution_id)
+                claim_again = True
         except asyncio.CancelledError:
             log.info("execution %s: abandoned here (cancelled or lease lost)", claim.execution_id)
+            claim_again = True
         finally:
-            entry = self._drivers.get(claim.execution_id)
-            if entry is not None and entry[0] is claim:
-                del self._drivers[claim.execution_id]
-            if not self._stopping:
-                self._wake.set()  # a slot is free again, and the execution can be claimed
+            was_full = self._forget(claim) or was_full
+            if not self._stopping and (was_full or claim_again):
+                self._wake.set()
+
+    def _forget(self, claim: Claim) -> bool:
+        """Stop tracking the claim's driver; True if every slot was taken until now."""
+        entry = self._drivers.get(claim.execution_id)
+        if entry is None or entry[0] is not claim:
+            return False
+        was_full = len(self._drivers) >= self._config.max_concurrent
+        del self._drivers[claim.execution_id]
+        return was_full
 
     async def _park(self, claim: Claim, driver: Driver) -> None:
         """A waiting execution holds no lease and no memory here until it is woken."""
