@@ -57,6 +57,7 @@ def serve(args: argparse.Namespace) -> None:
         # next request on it, and that request is reset (see keep_alive_seconds).
         timeout_keep_alive=settings.keep_alive_seconds,
         proxy_headers=True,
+        server_header=False,  # no version banner
     )
 
 

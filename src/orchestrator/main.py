@@ -30,10 +30,11 @@ from orchestrator.infrastructure.expressions.pool import BoundedEvaluator
 from orchestrator.infrastructure.realtime.publisher import SocketIOPublisher, build_server
 from orchestrator.infrastructure.runner.runner import Runner, RunnerConfig, lease_of, new_owner_id
 from orchestrator.infrastructure.runner.store import RunnerStore
-from orchestrator.presentation.api import errors
+from orchestrator.presentation.api import errors, openapi
 from orchestrator.presentation.api.deps import AppContext
-from orchestrator.presentation.api.middleware import BodyLimit
+from orchestrator.presentation.api.middleware import BodyLimit, SecurityHeaders
 from orchestrator.presentation.api.routers import executions, health, workflows
+from orchestrator.presentation.auth import Authenticator
 from orchestrator.presentation.gateway import Gateway
 from orchestrator.settings import Settings
 
@@ -76,7 +77,7 @@ class Runtime:
         clock = SystemClock()
         runner: Runner | None = None
         evaluator: BoundedEvaluator | None = None
-        children = Subworkflows(settings.max_subworkflow_depth)
+        children = Subworkflows(settings.max_subworkflow_depth, settings.auth_mode != "none")
         if with_runner:
             config = RunnerConfig(
                 max_concurrent=settings.max_concurrent_executions,
@@ -137,6 +138,7 @@ def create_app(settings: Settings | None = None) -> Any:
     """The ASGI app: REST under FastAPI, Socket.IO at /socket.io (namespace /workflows)."""
     settings = settings or Settings()
     sio = build_server(settings.cors_origin, settings.redis_url, settings.redis_channel)
+    authenticator = Authenticator(settings)
     runtime: Runtime | None = None
 
     @contextlib.asynccontextmanager
@@ -149,6 +151,7 @@ def create_app(settings: Settings | None = None) -> Any:
             uow_factory=runtime.services.uow_factory,
             clock=runtime.services.clock,
             executions=runtime.services,
+            authenticator=authenticator,
             runner_running=runtime.runner is not None,
         )
         try:
@@ -164,6 +167,7 @@ def create_app(settings: Settings | None = None) -> Any:
         lifespan=lifespan,
     )
     errors.install(api)
+    openapi.install(api)
     api.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origin,
@@ -181,8 +185,8 @@ def create_app(settings: Settings | None = None) -> Any:
             raise RuntimeError("the service is not started yet")
         return runtime.services
 
-    Gateway(sio, services, settings.max_subscriptions_per_client)
-    limited = BodyLimit(api, settings.max_body_bytes)
+    Gateway(sio, services, settings.max_subscriptions_per_client, authenticator)
+    limited = SecurityHeaders(BodyLimit(api, settings.max_body_bytes))
     return socketio.ASGIApp(sio, other_asgi_app=limited, socketio_path="socket.io")
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./orchestrator.db"
+# Never "none": an unsigned token is no token.
+JWT_ALGORITHMS = frozenset({"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"})
 
 
 class Settings(BaseSettings):
@@ -50,6 +52,20 @@ class Settings(BaseSettings):
     keep_alive_seconds: int = Field(75, ge=1, le=3600)
     api_prefix: str = Field("", max_length=200)
     max_subworkflow_depth: int = Field(10, ge=1, le=100)
+    # Authentication: none (open), gateway (the platform gateway names the user), jwt.
+    auth_mode: Literal["none", "gateway", "jwt"] = "none"
+    gateway_shared_secret: SecretStr | None = None
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwks_url: str | None = None
+    jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256", "RS256", "ES256"]
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_user_claim: str = Field("sub", min_length=1, max_length=100)
+    jwt_leeway_seconds: int = Field(30, ge=0, le=600)
+    # A user whose token holds ADMIN_CLAIM with ADMIN_VALUE (or a list holding it) reads all.
+    admin_claim: str | None = None
+    admin_value: str = "admin"
 
     @field_validator("cors_origin", mode="before")
     @classmethod
@@ -57,6 +73,45 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator(
+        "gateway_shared_secret",
+        "jwt_secret",
+        "jwt_public_key",
+        "jwks_url",
+        "jwt_audience",
+        "jwt_issuer",
+        "admin_claim",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - JWT_ALGORITHMS)
+        if unknown or not value:
+            raise ValueError(f"must be some of {', '.join(sorted(JWT_ALGORITHMS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _jwt_keys(self) -> Settings:
+        if self.auth_mode == "jwt" and not (
+            self.jwt_secret or self.jwt_public_key or self.jwks_url
+        ):
+            raise ValueError(
+                "AUTH_MODE=jwt needs JWT_SECRET (HS256), JWT_PUBLIC_KEY or JWKS_URL (RS256/ES256)"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from orchestrator.application.access import ANYONE, Caller
 from orchestrator.application.ports import Page, VersionRecord
 from orchestrator.application.workflows import (
     WorkflowChanges,
@@ -24,7 +25,7 @@ from orchestrator.domain.workflow import Definition, Edge, Node, NodeType, Workf
 from tests.unit.fakes import FakeUnitOfWork, FixedClock
 
 T0 = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.UTC)
-ALICE, BOB = "alice", "bob"
+ALICE, BOB = Caller("alice"), Caller("bob")
 
 LINEAR = Definition(
     nodes=(
@@ -63,7 +64,7 @@ async def create(
     uow: FakeUnitOfWork,
     clock: FixedClock,
     status: WorkflowStatus | None = None,
-    user_id: str | None = ALICE,
+    user_id: Caller = ALICE,
     definition: Definition = LINEAR,
 ) -> Workflow:
     """Create a workflow as a precondition; the commit flag is reset for the test's own step."""
@@ -83,7 +84,7 @@ async def test_create_stores_version_one_as_draft_and_commits(
     assert (workflow.status, workflow.version, workflow.user_id) == (
         WorkflowStatus.DRAFT,
         1,
-        ALICE,
+        ALICE.user_id,
     )
     assert (workflow.created_at, workflow.updated_at) == (T0, T0)
     assert uow.committed is True
@@ -151,12 +152,12 @@ async def test_a_draft_is_stored_incomplete_with_its_problems(
 async def test_get_returns_the_stored_workflow(uow: FakeUnitOfWork, clock: FixedClock) -> None:
     created = await create(uow, clock)
     assert await get_workflow(lambda: uow, created.id, ALICE) == created
-    assert await get_workflow(lambda: uow, created.id, None) == created
+    assert await get_workflow(lambda: uow, created.id, ANYONE) == created
 
 
 async def test_get_unknown_workflow_is_not_found(uow: FakeUnitOfWork) -> None:
     with pytest.raises(NotFound, match="Workflow nope not found"):
-        await get_workflow(lambda: uow, "nope", None)
+        await get_workflow(lambda: uow, "nope", ANYONE)
 
 
 async def test_another_users_workflow_is_not_found(uow: FakeUnitOfWork, clock: FixedClock) -> None:
@@ -187,7 +188,7 @@ async def test_list_filters_by_user_and_status_newest_first(
     assert ([w.id for w in page], total) == ([second.id, first.id], 2)
     page, total = await list_workflows(lambda: uow, Page(1, 10), ALICE, WorkflowStatus.ACTIVE)
     assert ([w.id for w in page], total) == ([second.id], 1)
-    page, total = await list_workflows(lambda: uow, Page(2, 1), None, None)
+    page, total = await list_workflows(lambda: uow, Page(2, 1), ANYONE, None)
     assert ([w.id for w in page], total) == ([second.id], 3)
 
 
@@ -340,7 +341,7 @@ async def test_archive_unknown_workflow_is_not_found(
     uow: FakeUnitOfWork, clock: FixedClock
 ) -> None:
     with pytest.raises(NotFound, match="Workflow nope not found"):
-        await archive_workflow(lambda: uow, clock, "nope", None)
+        await archive_workflow(lambda: uow, clock, "nope", ANYONE)
 
 
 async def test_list_versions_keeps_every_version_oldest_first(
@@ -350,9 +351,11 @@ async def test_list_versions_keeps_every_version_oldest_first(
     await update_workflow(
         lambda: uow, clock, created.id, WorkflowChanges(definition=WITH_TOOL), ALICE
     )
-    await update_workflow(lambda: uow, clock, created.id, WorkflowChanges(definition=LINEAR), None)
+    await update_workflow(
+        lambda: uow, clock, created.id, WorkflowChanges(definition=LINEAR), ANYONE
+    )
 
-    versions = await list_versions(lambda: uow, created.id, None)
+    versions = await list_versions(lambda: uow, created.id, ANYONE)
     assert [v.version for v in versions] == [1, 2, 3]
     assert [v.definition.version for v in versions] == [1, 2, 3]
     assert versions[2].definition.nodes == LINEAR.nodes
@@ -366,5 +369,5 @@ async def test_list_versions_of_unknown_workflow_is_not_found(uow: FakeUnitOfWor
 async def test_workflow_without_owner_is_visible_to_everyone(
     uow: FakeUnitOfWork, clock: FixedClock
 ) -> None:
-    created = await create(uow, clock, user_id=None)
+    created = await create(uow, clock, user_id=ANYONE)
     assert (await get_workflow(lambda: uow, created.id, BOB)).id == created.id

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.application.access import visible
+from orchestrator.application.access import ANYONE, Caller
 from orchestrator.application.events import render
 from orchestrator.application.ports import (
     FULL_DETAIL,
@@ -98,7 +98,7 @@ async def execute_workflow(
     services: ExecutionServices,
     workflow_id: str,
     node_input: Any,
-    user_id: str | None,
+    caller: Caller,
     idempotency_key: str | None,
     disabled_node_types: Collection[str] = (),
 ) -> WorkflowExecution:
@@ -107,15 +107,15 @@ async def execute_workflow(
     The same Idempotency-Key gives back the execution it started the first time. A current
     version with a node of one of `disabled_node_types` is refused, naming those nodes.
     """
-    key = scoped_key(user_id, idempotency_key)
+    key = scoped_key(caller.user_id, idempotency_key)
     async with services.uow_factory() as uow:
         workflow = await uow.workflows.get(workflow_id)
-        if workflow is None or not visible(workflow.user_id, user_id):
+        if workflow is None or not caller.may_change(workflow.user_id):
             raise NotFound("Workflow", workflow_id)
         workflow.ensure_executable()
         workflow.definition.ensure_types_enabled(disabled_node_types)
         candidate = _new_execution(
-            services, workflow.id, workflow.definition, node_input, user_id, key
+            services, workflow.id, workflow.definition, node_input, caller.user_id, key
         )
         execution = await uow.executions.add(candidate)
         await uow.commit()
@@ -127,12 +127,12 @@ async def execute_workflow(
 
 
 async def get_execution(
-    services: ExecutionServices, execution_id: str, user_id: str | None
+    services: ExecutionServices, execution_id: str, caller: Caller
 ) -> WorkflowExecution:
     """The execution with its node states, or NotFound."""
     async with services.uow_factory() as uow:
         execution = await uow.executions.get(execution_id)
-    if execution is None or not visible(execution.user_id, user_id):
+    if execution is None or not caller.may_read(execution.user_id):
         raise NotFound("Execution", execution_id)
     return execution
 
@@ -142,13 +142,13 @@ async def list_executions(
     page: Page,
     workflow_id: str | None,
     status: ExecutionStatus | None,
-    user_id: str | None,
+    caller: Caller,
     detail: ExecutionDetail = FULL_DETAIL,
 ) -> tuple[list[WorkflowExecution], int]:
     """One page of executions, newest first, with the total count; `detail` says what each
     carries."""
     async with services.uow_factory() as uow:
-        return await uow.executions.list_page(page, workflow_id, status, user_id, detail)
+        return await uow.executions.list_page(page, workflow_id, status, caller.only, detail)
 
 
 async def workflow_history(
@@ -156,22 +156,20 @@ async def workflow_history(
     workflow_id: str,
     page: Page,
     order: ExecutionOrder,
-    user_id: str | None,
+    caller: Caller,
 ) -> tuple[list[WorkflowExecution], int]:
     """One page of a workflow's executions, with node states (not their data); NotFound for
     a workflow the caller cannot see."""
     async with services.uow_factory() as uow:
         workflow = await uow.workflows.get(workflow_id)
-        if workflow is None or not visible(workflow.user_id, user_id):
+        if workflow is None or not caller.may_read(workflow.user_id):
             raise NotFound("Workflow", workflow_id)
         return await uow.executions.list_page(
-            page, workflow_id, None, user_id, ExecutionDetail(nodes=False, io=False), order
+            page, workflow_id, None, caller.only, ExecutionDetail(nodes=False, io=False), order
         )
 
 
-async def cancel_execution(
-    services: ExecutionServices, execution_id: str, user_id: str | None
-) -> None:
+async def cancel_execution(services: ExecutionServices, execution_id: str, caller: Caller) -> None:
     """Cancel at once: in-flight calls are abandoned and nothing after them runs.
 
     Cancelling a cancelled execution is fine; a COMPLETED or FAILED one is a Conflict. The
@@ -181,7 +179,7 @@ async def cancel_execution(
     async def attempt() -> tuple[list[ExecutionEvent], str | None]:
         async with services.uow_factory() as uow:
             execution = await uow.executions.get(execution_id)
-            if execution is None or not visible(execution.user_id, user_id):
+            if execution is None or not caller.may_change(execution.user_id):
                 raise NotFound("Execution", execution_id)
             if execution.status == ExecutionStatus.CANCELLED:
                 return [], None
@@ -212,7 +210,7 @@ async def cancel_execution(
         children = await uow.executions.active_children(execution_id)
     for child_id in children:
         with contextlib.suppress(Conflict):  # it finished in the meantime
-            await cancel_execution(services, child_id, None)
+            await cancel_execution(services, child_id, ANYONE)
 
 
 async def resume_node(
@@ -221,7 +219,7 @@ async def resume_node(
     node_id: str,
     answer: Any,
     iteration: tuple[int, ...] | None,
-    user_id: str | None,
+    caller: Caller,
     limits: ValueLimits,
 ) -> None:
     """Answer a node that waits for a person; the execution goes on, on whichever runner
@@ -235,7 +233,7 @@ async def resume_node(
     limits.check(answer, "the answer")
     async with services.uow_factory() as uow:
         execution = await uow.executions.get(execution_id, lock=True)
-        if execution is None or not visible(execution.user_id, user_id):
+        if execution is None or not caller.may_change(execution.user_id):
             raise NotFound("Execution", execution_id)
         node = execution.waiting_node(node_id, iteration)
         if not await uow.executions.answer(execution_id, node, answer, services.clock.now()):
@@ -250,8 +248,9 @@ class Subworkflows:
     `services` is set once the services are built (they need the runner, which needs this).
     """
 
-    def __init__(self, max_depth: int) -> None:
+    def __init__(self, max_depth: int, scoped: bool = False) -> None:
         self.max_depth = max_depth
+        self.scoped = scoped  # authentication is on: a child runs only its owner's workflows
         self.services: ExecutionServices | None = None
 
     def _services(self) -> ExecutionServices:
@@ -281,7 +280,8 @@ class Subworkflows:
                 path = " -> ".join([*reversed(chain), workflow_id])
                 raise ChildRefused(f"workflow {workflow_id} would call itself: {path}")
             workflow = await uow.workflows.get(workflow_id)
-            if workflow is None or not visible(workflow.user_id, parent.user_id):
+            owner = Caller(parent.user_id, scoped=self.scoped)
+            if workflow is None or not owner.may_change(workflow.user_id):
                 raise ChildRefused(f"sub-workflow {workflow_id} not found")
             if version is None:
                 try:
@@ -330,7 +330,7 @@ class Subworkflows:
 
 
 async def retry_execution(
-    services: ExecutionServices, execution_id: str, user_id: str | None
+    services: ExecutionServices, execution_id: str, caller: Caller
 ) -> WorkflowExecution:
     """Retry a FAILED execution from the node that failed.
 
@@ -340,7 +340,7 @@ async def retry_execution(
     """
     async with services.uow_factory() as uow:
         failed = await uow.executions.get(execution_id)
-        if failed is None or not visible(failed.user_id, user_id):
+        if failed is None or not caller.may_change(failed.user_id):
             raise NotFound("Execution", execution_id)
         if failed.status != ExecutionStatus.FAILED:
             raise Conflict(
@@ -364,11 +364,11 @@ async def retry_execution(
 
 
 async def execution_events(
-    services: ExecutionServices, execution_id: str, after_seq: int, limit: int, user_id: str | None
+    services: ExecutionServices, execution_id: str, after_seq: int, limit: int, caller: Caller
 ) -> list[ExecutionEvent]:
     """The events after `after_seq`, in order: what a reconnecting client missed."""
     async with services.uow_factory() as uow:
         execution = await uow.executions.get(execution_id)
-        if execution is None or not visible(execution.user_id, user_id):
+        if execution is None or not caller.may_read(execution.user_id):
             raise NotFound("Execution", execution_id)
         return await uow.executions.events(execution_id, after_seq, min(limit, MAX_EVENTS_PAGE))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from orchestrator.application.access import visible
+from orchestrator.application.access import Caller
 from orchestrator.application.ports import Clock, Page, UnitOfWorkFactory, VersionRecord
 from orchestrator.domain.errors import NotFound, Problem, ValidationFailed
 from orchestrator.domain.validation import validate_definition
@@ -125,7 +125,7 @@ async def create_workflow(
     description: str | None,
     definition: Definition | None,
     status: WorkflowStatus | None,
-    user_id: str | None,
+    caller: Caller,
     limits: ValueLimits = DEFAULT_LIMITS,
 ) -> Workflow:
     """Store a new workflow at version 1, DRAFT unless told otherwise.
@@ -144,7 +144,7 @@ async def create_workflow(
         description=description,
         status=status or WorkflowStatus.DRAFT,
         definition=replace(definition or EMPTY, version=1),
-        user_id=user_id,
+        user_id=caller.user_id,
         created_at=now,
         updated_at=now,
     )
@@ -156,22 +156,22 @@ async def create_workflow(
 
 
 async def get_workflow(
-    uow_factory: UnitOfWorkFactory, workflow_id: str, user_id: str | None
+    uow_factory: UnitOfWorkFactory, workflow_id: str, caller: Caller
 ) -> Workflow:
     """The workflow, or NotFound (also when it belongs to another user)."""
     async with uow_factory() as uow:
         workflow = await uow.workflows.get(workflow_id)
-    if workflow is None or not visible(workflow.user_id, user_id):
+    if workflow is None or not caller.may_read(workflow.user_id):
         raise NotFound("Workflow", workflow_id)
     return workflow
 
 
 async def list_workflows(
-    uow_factory: UnitOfWorkFactory, page: Page, user_id: str | None, status: WorkflowStatus | None
+    uow_factory: UnitOfWorkFactory, page: Page, caller: Caller, status: WorkflowStatus | None
 ) -> tuple[list[Workflow], int]:
-    """One page of workflows, newest first, with the total count."""
+    """One page of the caller's workflows, newest first, with the total count."""
     async with uow_factory() as uow:
-        return await uow.workflows.list_page(page, user_id, status)
+        return await uow.workflows.list_page(page, caller.only, status)
 
 
 async def update_workflow(
@@ -179,7 +179,7 @@ async def update_workflow(
     clock: Clock,
     workflow_id: str,
     changes: WorkflowChanges,
-    user_id: str | None,
+    caller: Caller,
     limits: ValueLimits = DEFAULT_LIMITS,
 ) -> Workflow:
     """Apply a partial update; a changed definition becomes the next version.
@@ -199,7 +199,7 @@ async def update_workflow(
             workflow.change_status(changes.status, now)
         return new_version
 
-    return await _change(uow_factory, clock, workflow_id, user_id, limits, change)
+    return await _change(uow_factory, clock, workflow_id, caller, limits, change)
 
 
 async def edit_graph(
@@ -207,7 +207,7 @@ async def edit_graph(
     clock: Clock,
     workflow_id: str,
     edit: Callable[[Definition], Definition],
-    user_id: str | None,
+    caller: Caller,
     limits: ValueLimits = DEFAULT_LIMITS,
 ) -> Workflow:
     """One edit of the graph (a node or an edge added, changed or removed): the next version.
@@ -218,20 +218,20 @@ async def edit_graph(
     def change(workflow: Workflow, now: dt.datetime) -> bool:
         return workflow.replace_definition(edit(workflow.definition), now)
 
-    return await _change(uow_factory, clock, workflow_id, user_id, limits, change)
+    return await _change(uow_factory, clock, workflow_id, caller, limits, change)
 
 
 async def _change(
     uow_factory: UnitOfWorkFactory,
     clock: Clock,
     workflow_id: str,
-    user_id: str | None,
+    caller: Caller,
     limits: ValueLimits,
     change: Callable[[Workflow, dt.datetime], bool],
 ) -> Workflow:
     async with uow_factory() as uow:
         workflow = await uow.workflows.get(workflow_id)
-        if workflow is None or not visible(workflow.user_id, user_id):
+        if workflow is None or not caller.may_change(workflow.user_id):
             raise NotFound("Workflow", workflow_id)
         workflow.ensure_editable()
         was = (workflow.status, workflow.version)
@@ -246,7 +246,7 @@ async def _change(
 
 
 async def archive_workflow(
-    uow_factory: UnitOfWorkFactory, clock: Clock, workflow_id: str, user_id: str | None
+    uow_factory: UnitOfWorkFactory, clock: Clock, workflow_id: str, caller: Caller
 ) -> Workflow:
     """DELETE archives: the workflow and its versions stay readable.
 
@@ -254,7 +254,7 @@ async def archive_workflow(
     """
     async with uow_factory() as uow:
         workflow = await uow.workflows.get(workflow_id)
-        if workflow is None or not visible(workflow.user_id, user_id):
+        if workflow is None or not caller.may_change(workflow.user_id):
             raise NotFound("Workflow", workflow_id)
         if workflow.status == WorkflowStatus.ARCHIVED:
             return workflow
@@ -266,11 +266,11 @@ async def archive_workflow(
 
 
 async def list_versions(
-    uow_factory: UnitOfWorkFactory, workflow_id: str, user_id: str | None
+    uow_factory: UnitOfWorkFactory, workflow_id: str, caller: Caller
 ) -> list[VersionRecord]:
     """Every stored version of the workflow, oldest first."""
     async with uow_factory() as uow:
         workflow = await uow.workflows.get(workflow_id)
-        if workflow is None or not visible(workflow.user_id, user_id):
+        if workflow is None or not caller.may_read(workflow.user_id):
             raise NotFound("Workflow", workflow_id)
         return await uow.workflows.versions(workflow_id)

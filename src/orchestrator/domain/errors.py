@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_SHOWN_ID = 100
+
 
 class DomainError(Exception):
     """Base of every error the domain and application layers raise on purpose."""
@@ -34,8 +36,10 @@ class NotFound(DomainError):
     """An entity that does not exist (or that the caller may not see)."""
 
     def __init__(self, entity: str, entity_id: str) -> None:
-        super().__init__(f"{entity} {entity_id} not found")
-        self.message = f"{entity} {entity_id} not found"
+        # An id is echoed, but never a huge one whole.
+        shown = entity_id if len(entity_id) <= MAX_SHOWN_ID else entity_id[:MAX_SHOWN_ID] + "..."
+        super().__init__(f"{entity} {shown} not found")
+        self.message = f"{entity} {shown} not found"
 
 
 class Conflict(DomainError):

@@ -41,13 +41,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import socketio
+from socketio.exceptions import ConnectionRefusedError
 
+from orchestrator.application.access import ANYONE, Caller
 from orchestrator.application.events import replay, snapshot
 from orchestrator.application.executions import (
     MAX_EVENTS_PAGE,
@@ -65,13 +68,14 @@ from orchestrator.infrastructure.realtime.publisher import (
     execution_of,
     room_of,
 )
+from orchestrator.presentation.auth import Authenticator, Forbidden, Unauthenticated
 
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 200
 MAX_PENDING = 64  # messages of one connection waiting to be handled
 MAX_LOOKUPS = 8  # database reads of the gateway at once, over all connections
-MALFORMED = f"payload must be {{executionId: <string of 1 to {MAX_ID_LENGTH} characters>}}"
+MALFORMED = f"payload must be {{executionId: <string of 1 to {MAX_ID_LENGTH} characters, no NUL>}}"
 
 
 @dataclass
@@ -80,6 +84,8 @@ class _Client:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: int = 0
+    caller: Caller = ANYONE
+    expires_at: float | None = None  # when its credentials stop holding (epoch seconds)
 
 
 class Gateway:
@@ -90,6 +96,7 @@ class Gateway:
         sio: socketio.AsyncServer,
         services: Callable[[], ExecutionServices],
         max_subscriptions: int,
+        authenticator: Authenticator,
     ) -> None:
         manager = sio.manager
         if not isinstance(manager, SequencedManager):
@@ -98,6 +105,7 @@ class Gateway:
         self._manager = manager
         self._services = services
         self._max = max_subscriptions
+        self._auth = authenticator
         self._clients: dict[str, _Client] = {}
         self._lookups = asyncio.Semaphore(MAX_LOOKUPS)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -111,7 +119,11 @@ class Gateway:
         sio.on("disconnect", self._disconnect, namespace=NAMESPACE)
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
-        self._clients[sid] = _Client()
+        try:
+            identity = await self._auth.handshake(environ, auth)
+        except (Unauthenticated, Forbidden) as exc:
+            raise ConnectionRefusedError(exc.message) from exc
+        self._clients[sid] = _Client(caller=identity.caller, expires_at=identity.expires_at)
         return True
 
     async def _disconnect(self, sid: str, *reason: Any) -> None:
@@ -156,6 +168,10 @@ class Gateway:
             return {"ok": True, "executionId": execution_id, "seq": followed[room].last_seq}
         if len(followed) >= self._max:
             return f"too many subscriptions: at most {self._max} per connection"
+        client = self._clients[sid]
+        if client.expires_at is not None and time.time() > client.expires_at:
+            # What it follows already goes on; a new subscription needs a new token.
+            return "the token has expired: connect again with a new one"
         # Hold the room's events back for this connection, join, then read the snapshot: an
         # event committed after the read is held and sent after the snapshot; one committed
         # before it is covered by it and dropped.
@@ -163,7 +179,7 @@ class Gateway:
         await self._sio.enter_room(sid, room, namespace=NAMESPACE)
         try:
             async with self._lookups:
-                execution, names = await self._read(execution_id)
+                execution, names = await self._read(execution_id, client.caller)
         except Exception as exc:
             self._manager.forget(sid, room)
             await self._sio.leave_room(sid, room, namespace=NAMESPACE)
@@ -182,10 +198,13 @@ class Gateway:
         await self._release(sid, room, delivery)
         return {"ok": True, "executionId": execution_id, "seq": execution.last_seq}
 
-    async def _read(self, execution_id: str) -> tuple[WorkflowExecution, dict[str, str]]:
-        """The execution and the display names of its workflow version's nodes."""
+    async def _read(
+        self, execution_id: str, caller: Caller
+    ) -> tuple[WorkflowExecution, dict[str, str]]:
+        """The execution (NotFound unless the caller may see it) and the display names of
+        its workflow version's nodes."""
         services = self._services()
-        execution = await get_execution(services, execution_id, None)
+        execution = await get_execution(services, execution_id, caller)
         async with services.uow_factory() as uow:
             definition = await uow.workflows.definition(
                 execution.workflow_id, execution.workflow_version
@@ -241,8 +260,9 @@ class Gateway:
             while delivery.last_seq + 1 < before:
                 wanted = min(before - delivery.last_seq - 1, MAX_EVENTS_PAGE)
                 async with self._lookups:
+                    # The subscription was allowed when it was made.
                     events = await execution_events(
-                        self._services(), execution_id, delivery.last_seq, wanted, None
+                        self._services(), execution_id, delivery.last_seq, wanted, ANYONE
                     )
                 events = [e for e in events if delivery.last_seq < e.seq < before]
                 if not events:
@@ -273,6 +293,6 @@ def _execution_id(args: tuple[Any, ...]) -> str | None:
     data = args[0]
     if isinstance(data, dict):
         data = data.get("executionId")
-    if isinstance(data, str) and 0 < len(data) <= MAX_ID_LENGTH:
+    if isinstance(data, str) and 0 < len(data) <= MAX_ID_LENGTH and "\x00" not in data:
         return data
     return None

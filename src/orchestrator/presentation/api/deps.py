@@ -6,16 +6,30 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import WithJsonSchema
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orchestrator.application.access import Caller
 from orchestrator.application.executions import ExecutionServices
 from orchestrator.application.ports import Clock, ExecutionDetail, Page, UnitOfWorkFactory
+from orchestrator.domain.errors import NotFound
 from orchestrator.domain.values import ValueLimits
+from orchestrator.presentation.auth import Authenticator
 from orchestrator.settings import Settings
 
 INCLUDES = ("nodes", "io")
+# What PostgreSQL cannot hold in a string: an id or filter with it is refused (a 400) before
+# it reaches the database, and the OpenAPI document says so.
+NO_NUL = r"^[^\x00]*$"
+
+# Path ids: any text. One that cannot be stored (a NUL in it) names nothing: 404, as any
+# unknown id (see `unstorable_ids_are_unknown`).
+WorkflowId = Annotated[str, Path()]
+ExecutionId = Annotated[str, Path()]
+NodeId = Annotated[str, Path()]
+EdgeId = Annotated[str, Path()]
 
 
 @dataclass
@@ -27,6 +41,7 @@ class AppContext:
     uow_factory: UnitOfWorkFactory
     clock: Clock
     executions: ExecutionServices
+    authenticator: Authenticator
     runner_running: bool = False
 
     @cached_property
@@ -44,21 +59,36 @@ async def get_context(request: Request) -> AppContext:
 ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
-async def get_user_id(
+async def get_caller(
+    request: Request,
+    context: ContextDep,
     user_id: Annotated[
         str | None,
         Query(
             alias="userId",
             max_length=200,
-            description="The user the call is made for, as the seed's frontend sends it",
+            pattern=NO_NUL,
+            description="The user the call is made for: as the seed's frontend and the "
+            "platform gateway send it (AUTH_MODE=none: it only narrows what the call sees; "
+            "gateway: required; jwt: must be the token's user if given)",
         ),
     ] = None,
-) -> str | None:
-    """The `userId` query parameter."""
-    return user_id
+) -> Caller:
+    """Who makes the request, per AUTH_MODE (401 without valid credentials, 403 when they
+    do not allow what is asked)."""
+    identity = await context.authenticator.request(request.headers, user_id)
+    return identity.caller
 
 
-UserIdDep = Annotated[str | None, Depends(get_user_id)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def unstorable_ids_are_unknown(request: Request) -> None:
+    """A path id that no row can hold (a NUL in it) answers 404, like any unknown id."""
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and "\x00" in value:
+            entity = name.removesuffix("_id").capitalize()
+            raise NotFound(entity, value.replace("\x00", "\\u0000"))
 
 
 async def get_page(
@@ -98,9 +128,14 @@ async def get_workflow_page(
 WorkflowPageDep = Annotated[Page, Depends(get_workflow_page)]
 
 
+# One `include` value: names separated by commas, each with optional spaces around it.
+INCLUDE_PATTERN = r"^ *(?:(?:nodes|io) *)?(?:, *(?:(?:nodes|io) *)?)*$"
+IncludeValue = Annotated[str, WithJsonSchema({"type": "string", "pattern": INCLUDE_PATTERN})]
+
+
 async def get_detail(
     include: Annotated[
-        list[str] | None,
+        list[IncludeValue] | None,
         Query(
             description="What a page of executions carries besides their states, "
             "comma-separated or repeated: `nodes` (each node's input, output and attempts), "
@@ -108,8 +143,9 @@ async def get_detail(
         ),
     ] = None,
 ) -> ExecutionDetail:
-    """The `include` query parameter; an unknown name is a 400."""
-    names = {name.strip() for item in include or [] for name in item.split(",") if name.strip()}
+    """The `include` query parameter; an unknown name is a 400 (INCLUDE_PATTERN says which
+    values are known, for the OpenAPI document)."""
+    names = {name.strip(" ") for item in include or [] for name in item.split(",")} - {""}
     unknown = sorted(names - set(INCLUDES))
     if unknown:
         raise RequestValidationError(

@@ -119,7 +119,27 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     response = error_response(request, exc.status_code, message)
     if exc.headers:
         response.headers.update(exc.headers)
+    allowed = _allowed_methods(request) if exc.status_code == 405 else None
+    if allowed:
+        response.headers["Allow"] = allowed
     return response
+
+
+OPENAPI_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """The methods of the refused request's path template, as the OpenAPI document lists
+    them; None for a route the document leaves out.
+
+    Starlette's 405 names only the methods of the first route matching the path (e.g. POST
+    alone for /workflows).
+    """
+    template = getattr(request.scope.get("route"), "path", None)
+    operations = request.app.openapi().get("paths", {}).get(template)
+    if not operations:
+        return None
+    return ", ".join(method.upper() for method in operations if method in OPENAPI_METHODS)
 
 
 def _too_large(request: Request, exc: Exception) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""ASGI middleware: the request body limit."""
+"""ASGI middleware: the request body limit, and the security headers of every answer."""
 
 from __future__ import annotations
 
@@ -7,6 +7,32 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.presentation.api.errors import BodyTooLarge, envelope
+
+
+class SecurityHeaders:
+    """`X-Content-Type-Options: nosniff` on every HTTP answer: a browser never guesses a
+    JSON answer to be something it would run."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        (b"x-content-type-options", b"nosniff"),
+                    ],
+                }
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class BodyLimit:

@@ -6,7 +6,15 @@ import datetime as dt
 from dataclasses import replace
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from orchestrator.application.ports import ExecutionDetail, VersionRecord
@@ -38,8 +46,8 @@ class WireModel(BaseModel):
 class Position(WireModel):
     """Where the editor draws a node."""
 
-    x: float
-    y: float
+    x: StrictFloat | StrictInt
+    y: StrictFloat | StrictInt
 
 
 def _upper(value: Any) -> Any:
@@ -175,7 +183,7 @@ class DefinitionIn(WireModel):
 
     nodes: list[NodeIn] = Field(default_factory=list)
     edges: list[EdgeIn] = Field(default_factory=list)
-    version: int | None = None
+    version: StrictInt | None = None
     input_schema: StoredObject | None = None
     output_schema: StoredObject | None = None
 
@@ -352,9 +360,10 @@ class ResumeIn(WireModel):
 
     input: Any = Field(
         description="The answer: text (a multiple choice arrives as JSON text) or any JSON "
-        "value; nested at most MAX_VALUE_DEPTH levels, at most MAX_NODE_OUTPUT_BYTES"
+        "value but null; nested at most MAX_VALUE_DEPTH levels, at most MAX_NODE_OUTPUT_BYTES",
+        json_schema_extra={"not": {"type": "null"}},
     )
-    iteration: list[Annotated[int, Field(ge=0)]] | None = Field(
+    iteration: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(
         None,
         max_length=100,
         description="In a loop body where several iterations wait: which one (its iteration "

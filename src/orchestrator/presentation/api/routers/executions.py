@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 
 from orchestrator.application import executions as use
+from orchestrator.application.access import Caller
 from orchestrator.application.ports import ExecutionOrder, SortField
 from orchestrator.domain.execution import ExecutionStatus
 from orchestrator.presentation.api.deps import (
+    NO_NUL,
     AppContext,
+    CallerDep,
     ContextDep,
     DetailDep,
+    ExecutionId,
+    NodeId,
     PageDep,
-    UserIdDep,
+    WorkflowId,
+    unstorable_ids_are_unknown,
 )
 from orchestrator.presentation.api.readable import ReadableRoute
 from orchestrator.presentation.api.schemas import (
@@ -31,7 +37,12 @@ from orchestrator.presentation.api.schemas import (
     ResumeOut,
 )
 
-router = APIRouter(prefix="/workflows", tags=["executions"], route_class=ReadableRoute)
+router = APIRouter(
+    prefix="/workflows",
+    tags=["executions"],
+    route_class=ReadableRoute,
+    dependencies=[Depends(unstorable_ids_are_unknown)],
+)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -41,35 +52,35 @@ IdempotencyKey = Annotated[
 
 @router.post("/execute", status_code=status.HTTP_202_ACCEPTED, response_model=ExecutionOut)
 async def execute_workflow(
-    body: ExecuteIn, context: ContextDep, user_id: UserIdDep, idempotency_key: IdempotencyKey = None
+    body: ExecuteIn, context: ContextDep, caller: CallerDep, idempotency_key: IdempotencyKey = None
 ) -> ExecutionOut:
     """Start an execution of an ACTIVE workflow; it runs in the background.
 
     An input over MAX_VALUE_DEPTH or MAX_NODE_OUTPUT_BYTES is a 400, and nothing is stored;
     so is a workflow using a node type named in `disabledNodeTypes`.
     """
-    return await _execute(context, body.workflow_id, body, user_id, idempotency_key)
+    return await _execute(context, body.workflow_id, body, caller, idempotency_key)
 
 
 @router.post(
     "/{workflow_id}/execute", status_code=status.HTTP_202_ACCEPTED, response_model=ExecutionOut
 )
 async def execute_workflow_by_id(
-    workflow_id: str,
+    workflow_id: WorkflowId,
     body: ExecuteWorkflowIn,
     context: ContextDep,
-    user_id: UserIdDep,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ExecutionOut:
     """Start an execution of this ACTIVE workflow, as POST /workflows/execute does."""
-    return await _execute(context, workflow_id, body, user_id, idempotency_key)
+    return await _execute(context, workflow_id, body, caller, idempotency_key)
 
 
 async def _execute(
     context: AppContext,
     workflow_id: str,
     body: ExecuteWorkflowIn,
-    user_id: str | None,
+    caller: Caller,
     idempotency_key: str | None,
 ) -> ExecutionOut:
     context.value_limits.check(body.input, "input")
@@ -77,7 +88,7 @@ async def _execute(
         context.executions,
         workflow_id,
         body.input,
-        user_id,
+        caller,
         idempotency_key,
         body.disabled_node_types,
     )
@@ -88,15 +99,17 @@ async def _execute(
 async def list_executions(
     context: ContextDep,
     page: PageDep,
-    user_id: UserIdDep,
+    caller: CallerDep,
     detail: DetailDep,
-    workflow_id: Annotated[str | None, Query(alias="workflowId", max_length=200)] = None,
+    workflow_id: Annotated[
+        str | None, Query(alias="workflowId", max_length=200, pattern=NO_NUL)
+    ] = None,
     status_filter: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
 ) -> ExecutionList:
     """A page of executions, newest first, as summaries: inputs, outputs and attempts are left
     out unless `include` asks for them."""
     items, total = await use.list_executions(
-        context.executions, page, workflow_id, status_filter, user_id, detail
+        context.executions, page, workflow_id, status_filter, caller, detail
     )
     return ExecutionList(
         executions=[ExecutionSummary.of(e, detail) for e in items],
@@ -108,38 +121,46 @@ async def list_executions(
 
 @router.get("/{workflow_id}/executions", response_model=HistoryPage)
 async def workflow_history(
-    workflow_id: str,
+    workflow_id: WorkflowId,
     context: ContextDep,
     page: PageDep,
-    user_id: UserIdDep,
+    caller: CallerDep,
     sort_by: Annotated[SortField, Query(alias="sortBy")] = "createdAt",
     sort_order: Annotated[Literal["asc", "desc"], Query(alias="sortOrder")] = "desc",
 ) -> HistoryPage:
     """The workflow's executions, newest first unless `sortBy`/`sortOrder` say otherwise; each
     with its duration and the tokens its agents reported."""
     order = ExecutionOrder(by=sort_by, descending=sort_order == "desc")
-    items, total = await use.workflow_history(context.executions, workflow_id, page, order, user_id)
+    items, total = await use.workflow_history(context.executions, workflow_id, page, order, caller)
     return HistoryPage(
         data=[HistoryItem.of(x) for x in items], total=total, page=page.page, limit=page.limit
     )
 
 
 @router.get("/executions/{execution_id}", response_model=ExecutionOut)
-async def get_execution(execution_id: str, context: ContextDep, user_id: UserIdDep) -> ExecutionOut:
+async def get_execution(
+    execution_id: ExecutionId, context: ContextDep, caller: CallerDep
+) -> ExecutionOut:
     """The execution with every node's state."""
-    return ExecutionOut.of(await use.get_execution(context.executions, execution_id, user_id))
+    return ExecutionOut.of(await use.get_execution(context.executions, execution_id, caller))
 
 
 @router.post("/executions/{execution_id}/cancel", status_code=status.HTTP_204_NO_CONTENT)
-async def cancel_execution(execution_id: str, context: ContextDep, user_id: UserIdDep) -> Response:
+async def cancel_execution(
+    execution_id: ExecutionId, context: ContextDep, caller: CallerDep
+) -> Response:
     """Cancel now; 409 when it already COMPLETED or FAILED."""
-    await use.cancel_execution(context.executions, execution_id, user_id)
+    await use.cancel_execution(context.executions, execution_id, caller)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/executions/{execution_id}/nodes/{node_id}/resume", response_model=ResumeOut)
 async def resume_node(
-    execution_id: str, node_id: str, body: ResumeIn, context: ContextDep, user_id: UserIdDep
+    execution_id: ExecutionId,
+    node_id: NodeId,
+    body: ResumeIn,
+    context: ContextDep,
+    caller: CallerDep,
 ) -> ResumeOut:
     """Answer a node that waits for a person (WAITING_INPUT); the execution goes on.
 
@@ -153,7 +174,7 @@ async def resume_node(
         node_id,
         body.input,
         iteration,
-        user_id,
+        caller,
         context.value_limits,
     )
     return ResumeOut()
@@ -165,22 +186,22 @@ async def resume_node(
     response_model=ExecutionOut,
 )
 async def retry_execution(
-    execution_id: str, context: ContextDep, user_id: UserIdDep
+    execution_id: ExecutionId, context: ContextDep, caller: CallerDep
 ) -> ExecutionOut:
     """Retry a FAILED execution from the failed node, as a new execution (`retryOf` links them)."""
-    return ExecutionOut.of(await use.retry_execution(context.executions, execution_id, user_id))
+    return ExecutionOut.of(await use.retry_execution(context.executions, execution_id, caller))
 
 
 @router.get("/executions/{execution_id}/events", response_model=EventList)
 async def execution_events(
-    execution_id: str,
+    execution_id: ExecutionId,
     context: ContextDep,
-    user_id: UserIdDep,
+    caller: CallerDep,
     after_seq: Annotated[int, Query(alias="afterSeq", ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=use.MAX_EVENTS_PAGE)] = 500,
 ) -> EventList:
     """The Socket.IO events after `afterSeq`, in order, to catch up after a disconnect."""
-    events = await use.execution_events(context.executions, execution_id, after_seq, limit, user_id)
+    events = await use.execution_events(context.executions, execution_id, after_seq, limit, caller)
     return EventList(
         execution_id=execution_id,
         events=[EventOut(seq=e.seq, event=e.name, data=e.payload) for e in events],
