@@ -8,7 +8,7 @@
 # The same image also runs `orchestrator worker`, `orchestrator migrate` and the stand-in
 # services (`python -m orchestrator.standins ...`), as docker-compose.yml does.
 
-# ---- builder: wheels of the project and of every dependency --------------------------------
+# ---- builder: wheels of the project and of every locked dependency -------------------------
 FROM python:3.11-slim AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -16,14 +16,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY src ./src
 COPY migrations ./migrations
 
 # The project's wheel first, exactly as scripts/check-deploy.sh builds it, then the wheels of
-# its dependencies. --only-binary: the slim image has no compiler, and needs none.
+# its dependencies: the runtime lock (`make lock`), each file checked against its hashes, nothing
+# resolved. --only-binary: the slim image has no compiler, and needs none.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
- && pip wheel --only-binary=:all: --wheel-dir /wheels /wheels/orchestrator-*.whl
+ && pip wheel --require-hashes --no-deps --only-binary=:all: --wheel-dir /wheels -r requirements.lock \
+ && cp requirements.lock /wheels/
 
 # ---- runtime: the wheels installed, nothing else ----------------------------------------------
 FROM python:3.11-slim AS runtime
@@ -42,8 +44,12 @@ RUN groupadd --system --gid 10001 app \
  && install -d -o app -g app -m 0755 /app
 
 # The wheels are bind-mounted from the builder, so they never become a layer of this image.
+# The locked dependencies (hashes checked again), then the project alone (--no-deps); pip check
+# fails the build if the two disagree.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels /wheels/orchestrator-*.whl \
+    pip install --no-index --find-links=/wheels --require-hashes --no-deps -r /wheels/requirements.lock \
+ && pip install --no-index --no-deps /wheels/orchestrator-*.whl \
+ && pip check \
  && orchestrator --help > /dev/null
 
 WORKDIR /app

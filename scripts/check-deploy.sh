@@ -222,12 +222,17 @@ PY
     fail "wheel contents" "$log"
   fi
 
-  # The dependencies' wheels and the install, exactly as the Dockerfile's two stages do them.
+  # The dependencies' wheels (the lock's pins, hashes checked) and the install, exactly as the
+  # Dockerfile's two stages do them.
   log=$work/install.log
-  if "$work/venv/bin/pip" wheel --quiet --disable-pip-version-check --only-binary=:all: \
-    --wheel-dir "$work/wheels" "$wheel" >"$log" 2>&1 \
+  if "$work/venv/bin/pip" wheel --quiet --disable-pip-version-check --require-hashes --no-deps \
+    --only-binary=:all: --wheel-dir "$work/wheels" -r "$root/requirements.lock" >"$log" 2>&1 \
     && "$work/venv/bin/pip" install --quiet --disable-pip-version-check --no-index \
-      --find-links="$work/wheels" "$wheel" >>"$log" 2>&1 \
+      --find-links="$work/wheels" --require-hashes --no-deps -r "$root/requirements.lock" \
+      >>"$log" 2>&1 \
+    && "$work/venv/bin/pip" install --quiet --disable-pip-version-check --no-index --no-deps \
+      "$wheel" >>"$log" 2>&1 \
+    && "$work/venv/bin/pip" check >>"$log" 2>&1 \
     && "$work/venv/bin/orchestrator" --help >>"$log" 2>&1; then
     count=$(find "$work/wheels" -name '*.whl' | wc -l)
     ok "dependency wheels are all binary ($count wheels); the wheel installs from them alone (--no-index) into a fresh venv ($("$work/venv/bin/python" -V))"

@@ -16,15 +16,32 @@ pick_python() {
   return 1
 }
 
+# The inputs: the lock installed and the project's own declarations. When either changes, the
+# venv is made anew (--clear), so it holds exactly the lock: nothing left over from an older one.
 stamp=.venv/.installed
-want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements-dev.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 python=$(pick_python)
-[ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 \
-  | grep -v "^WARNING: Location" || true
+"$python" -m venv --clear .venv
+# pip, quiet; its output (less this machine's notes about its extra package locations) on failure.
+install() {
+  local log status=0
+  log=$(mktemp)
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" >"$log" 2>&1 || status=$?
+  if [ "$status" -ne 0 ]; then
+    grep -v "^WARNING: Location" "$log" >&2 || true
+    rm -f "$log"
+    echo "error: pip install $* failed (exit $status)" >&2
+    exit "$status"
+  fi
+  rm -f "$log"
+}
+# The locked versions only, each checked against its hashes (pip, setuptools and the dev tools
+# included), then the project itself: no dependency resolution, no build isolation (the locked
+# setuptools builds it), so nothing outside the lock is fetched.
+install --require-hashes --no-deps -r requirements-dev.lock
+install --no-deps --no-build-isolation -e .
 .venv/bin/python -c 'import orchestrator, pytest' # fails loudly if the install did not work
 echo "$want" > "$stamp"

@@ -23,12 +23,10 @@ def _settings(**overrides: object) -> Settings:
         raise SystemExit(2) from None
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _logging(settings: Settings) -> None:
+    from orchestrator.infrastructure.logs import configure
+
+    configure(settings.log_level, settings.log_format)
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -45,7 +43,7 @@ def serve(args: argparse.Namespace) -> None:
     if args.port is not None:
         overrides["port"] = args.port
     settings = _settings(**overrides)
-    _logging(settings.log_level)
+    _logging(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -58,13 +56,14 @@ def serve(args: argparse.Namespace) -> None:
         timeout_keep_alive=settings.keep_alive_seconds,
         proxy_headers=True,
         server_header=False,  # no version banner
+        log_config=None,  # uvicorn's lines go through the service's structured logging
     )
 
 
 def worker(args: argparse.Namespace) -> None:
     """Run executions without serving HTTP."""
     settings = _settings(**({"auto_migrate": False} if args.no_migrate else {}))
-    _logging(settings.log_level)
+    _logging(settings)
     asyncio.run(_worker(settings))
 
 
@@ -102,7 +101,7 @@ def migrate(args: argparse.Namespace) -> None:
     from orchestrator.infrastructure.db.engine import migrate as run_migrations
 
     settings = _settings()
-    _logging(settings.log_level)
+    _logging(settings)
 
     async def run() -> None:
         engine = create_engine(settings.database_url)

@@ -27,14 +27,23 @@ from orchestrator.infrastructure.clock import SystemClock
 from orchestrator.infrastructure.db.engine import create_engine, migrate
 from orchestrator.infrastructure.db.repositories import SqlUnitOfWork
 from orchestrator.infrastructure.expressions.pool import BoundedEvaluator
+from orchestrator.infrastructure.health import DependencyHealth
+from orchestrator.infrastructure.metrics import Metrics
 from orchestrator.infrastructure.realtime.publisher import SocketIOPublisher, build_server
 from orchestrator.infrastructure.runner.runner import Runner, RunnerConfig, lease_of, new_owner_id
 from orchestrator.infrastructure.runner.store import RunnerStore
 from orchestrator.presentation.api import errors, openapi
 from orchestrator.presentation.api.deps import AppContext
-from orchestrator.presentation.api.middleware import BodyLimit, SecurityHeaders
+from orchestrator.presentation.api.middleware import (
+    BodyLimit,
+    RequestId,
+    RequestMetrics,
+    SecurityHeaders,
+)
 from orchestrator.presentation.api.routers import executions, health, workflows
+from orchestrator.presentation.api.routers import metrics as metrics_route
 from orchestrator.presentation.auth import Authenticator
+from orchestrator.presentation.fair_use import FairUse
 from orchestrator.presentation.gateway import Gateway
 from orchestrator.settings import Settings
 
@@ -67,7 +76,11 @@ class Runtime:
 
     @classmethod
     async def start(
-        cls, settings: Settings, publisher: EventPublisher, with_runner: bool
+        cls,
+        settings: Settings,
+        publisher: EventPublisher,
+        with_runner: bool,
+        metrics: Metrics | None = None,
     ) -> Runtime:
         """Connect, migrate if asked, and start the runner if asked."""
         engine = create_engine(settings.database_url, settings.db_pool_size)
@@ -90,6 +103,7 @@ class Runtime:
                     ValueLimits(settings.max_value_depth, settings.max_node_output_bytes),
                     settings.max_execution_state_bytes,
                 ),
+                metrics=metrics,
             )
             evaluator = BoundedEvaluator(
                 timeout_ms=settings.expression_timeout_ms,
@@ -101,14 +115,18 @@ class Runtime:
             # A reply carries the output as JSON text, escaped: room for more than the output.
             reply_cap = 4 * settings.max_node_output_bytes
             work = NodeWork(
-                AgentClient(http, settings.agent_service_url, max_reply_bytes=reply_cap),
-                ToolClient(http, settings.tool_service_url, max_reply_bytes=reply_cap),
+                AgentClient(
+                    http, settings.agent_service_url, max_reply_bytes=reply_cap, metrics=metrics
+                ),
+                ToolClient(
+                    http, settings.tool_service_url, max_reply_bytes=reply_cap, metrics=metrics
+                ),
                 TenacityRetrier(),
                 evaluator,
                 settings.max_retry_attempts,
                 children,
             )
-            store = RunnerStore(engine, new_owner_id(), lease_of(config))
+            store = RunnerStore(engine, new_owner_id(), lease_of(config), metrics)
             runner = Runner(store, work, publisher, clock, config)
             await runner.start()
         signals: RunnerSignals = runner if runner is not None else NoRunner()
@@ -120,6 +138,7 @@ class Runtime:
             signals=signals,
             retry_conflicts=retry_conflicts,
             execution_timeout_s=settings.execution_timeout_s,
+            observer=metrics,
         )
         children.services = services
         return cls(settings, engine, http, runner, evaluator, services)
@@ -139,12 +158,15 @@ def create_app(settings: Settings | None = None) -> Any:
     settings = settings or Settings()
     sio = build_server(settings.cors_origin, settings.redis_url, settings.redis_channel)
     authenticator = Authenticator(settings)
+    metrics = Metrics()
     runtime: Runtime | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal runtime
-        runtime = await Runtime.start(settings, SocketIOPublisher(sio), settings.runner_enabled)
+        runtime = await Runtime.start(
+            settings, SocketIOPublisher(sio, metrics), settings.runner_enabled, metrics
+        )
         app.state.context = AppContext(
             settings=settings,
             engine=runtime.engine,
@@ -152,11 +174,22 @@ def create_app(settings: Settings | None = None) -> Any:
             clock=runtime.services.clock,
             executions=runtime.services,
             authenticator=authenticator,
+            metrics=metrics,
+            health=DependencyHealth(
+                runtime.engine,
+                runtime.http,
+                redis_url=settings.redis_url,
+                agent_service_url=settings.agent_service_url,
+                tool_service_url=settings.tool_service_url,
+            ),
             runner_running=runtime.runner is not None,
+            fair_use=FairUse(settings, runtime.engine),
         )
+        gateway.subscriptions = app.state.context.fair_use.subscriptions
         try:
             yield
         finally:
+            await app.state.context.fair_use.close()
             await runtime.stop()
 
     api = FastAPI(
@@ -175,6 +208,7 @@ def create_app(settings: Settings | None = None) -> Any:
         allow_headers=["*"],
         allow_credentials="*" not in settings.cors_origin,
     )
+    api.include_router(metrics_route.router)
     for router in (health.router, executions.router, workflows.router):
         api.include_router(router)
         if settings.api_prefix:
@@ -185,8 +219,10 @@ def create_app(settings: Settings | None = None) -> Any:
             raise RuntimeError("the service is not started yet")
         return runtime.services
 
-    Gateway(sio, services, settings.max_subscriptions_per_client, authenticator)
-    limited = SecurityHeaders(BodyLimit(api, settings.max_body_bytes))
+    gateway = Gateway(sio, services, settings.max_subscriptions_per_client, authenticator, metrics)
+    limited = RequestId(
+        SecurityHeaders(RequestMetrics(BodyLimit(api, settings.max_body_bytes), metrics))
+    )
     return socketio.ASGIApp(sio, other_asgi_app=limited, socketio_path="socket.io")
 
 

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     execution_timeout: int = Field(300_000, gt=0, description="ms")
     cors_origin: Annotated[list[str], NoDecode] = ["*"]
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "text", "auto"] = "auto"
     max_body_bytes: int = Field(1_048_576, gt=0)
     redis_url: str | None = None
     redis_channel: str = Field("orchestrator", min_length=1, max_length=200)
@@ -43,6 +44,11 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(20, gt=0)
     http_max_connections: int = Field(200, gt=0)
     max_subscriptions_per_client: int = Field(200, gt=0)
+    # Fair use, per user (0: no limit): starts per minute, executions PENDING or RUNNING at
+    # once, Socket.IO subscriptions over all their connections.
+    user_executions_per_minute: int = Field(120, ge=0)
+    user_running_executions: int = Field(100, ge=0)
+    user_subscriptions: int = Field(500, ge=0)
     expression_timeout_ms: int = Field(1000, gt=0, le=600_000)
     expression_workers: int = Field(2, ge=1, le=64)
     expression_memory_mb: int = Field(512, ge=64, le=65_536)

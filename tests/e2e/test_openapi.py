@@ -94,8 +94,12 @@ def one_page_size(context: HookContext, query: dict[str, Any] | None) -> bool:
 
 
 def served_document() -> dict[str, Any]:
-    """The document the service serves, built without starting it."""
-    document: dict[str, Any] = create_app(Settings()).other_asgi_app.app.openapi()
+    """The document the service serves, built without starting it (the FastAPI app sits
+    under the Socket.IO app and the ASGI middleware)."""
+    app: Any = create_app(Settings()).other_asgi_app
+    while not hasattr(app, "openapi"):
+        app = app.app
+    document: dict[str, Any] = app.openapi()
     return document
 
 

@@ -8,6 +8,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -822,7 +823,9 @@ async def test_health_answers_in_the_seed_shape(api: httpx.AsyncClient) -> None:
 async def test_readiness_reports_the_database_and_the_runner(api: httpx.AsyncClient) -> None:
     response = await api.get("/health/ready")
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ok", "database": "ok", "runner": "running"}
+    body = response.json()
+    assert {k: body[k] for k in ("status", "runner")} == {"status": "ok", "runner": "running"}
+    assert body["checks"]["database"] == {"status": "up", "latencyMs": ANY, "gating": True}
 
 
 async def test_openapi_and_docs_are_served(api: httpx.AsyncClient) -> None:
@@ -872,8 +875,9 @@ async def test_values_postgresql_cannot_store_are_a_400_not_a_500(api: httpx.Asy
         headers={"content-type": "application/json"},
     )
     assert_envelope(nan, 400, "POST", "/workflows")
+    # An id no row can hold names nothing: 404, as any unknown id.
     nul_id = await api.get("/workflows/%00")
-    assert_envelope(nul_id, 400, "GET", "/workflows/\x00")
+    assert_envelope(nul_id, 404, "GET", "/workflows/\x00")
     nul_user = await api.get("/workflows", params={"userId": "a\x00"})
     assert_envelope(nul_user, 400, "GET", "/workflows")
     assert (await listed(api, userId=me))["total"] == 0

@@ -22,6 +22,7 @@ from orchestrator.application.ports import (
     EventPublisher,
     ExecutionDetail,
     ExecutionEvent,
+    ExecutionObserver,
     ExecutionOrder,
     ExecutionRepository,
     Page,
@@ -58,6 +59,7 @@ class ExecutionServices:
     signals: RunnerSignals
     retry_conflicts: ConflictRetry
     execution_timeout_s: float
+    observer: ExecutionObserver | None = None
 
 
 def _new_execution(
@@ -191,13 +193,16 @@ async def cancel_execution(services: ExecutionServices, execution_id: str, calle
                 execution.workflow_id, execution.workflow_version
             )
             names = {} if definition is None else definition.display_names()
-            events = render(execution, execution.cancel(services.clock.now()), names)
+            changes = execution.cancel(services.clock.now())
+            events = render(execution, changes, names)
             if not await uow.executions.write_step(execution, previous_seq, unfinished, events):
                 raise ConcurrentChange(f"Execution {execution_id} changed while cancelling")
             parent = execution.parent_execution_id
             if parent is not None:  # its SUBWORKFLOW node fails: the child was cancelled
                 await uow.executions.wake(parent, services.clock.now())
             await uow.commit()
+            if services.observer is not None:
+                services.observer.observe(execution, changes)
             return events, parent
 
     events, parent = await services.retry_conflicts(attempt)

@@ -7,6 +7,7 @@ engine's happenings; recording them is the stepper's job.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -48,6 +49,8 @@ from orchestrator.domain.mapping import json_or_text, json_text
 from orchestrator.domain.retry import RetryPolicy
 from orchestrator.domain.validation import DEFAULT_MAX_ITEMS
 from orchestrator.domain.workflow import NodeType
+
+log = logging.getLogger(__name__)
 
 Report = Callable[[Happening], Awaitable[None]]
 """Records a happening (and commits it) before the work goes on."""
@@ -323,6 +326,14 @@ class NodeWork:
 
         async def on_failure(number: int, error: InvocationError, delay_s: float) -> None:
             failures.append(error.message)
+            log.info(
+                "attempt %d of node %s failed (%s); trying again in %.2f s",
+                number,
+                node_id,
+                error.message,
+                delay_s,
+                extra={"attempt": number},
+            )
 
         policy = RetryPolicy.from_config(node.config.get("retry"), self._default_retries)
         output = await self._retrier.run(call, policy, start.attempt, on_attempt, on_failure)

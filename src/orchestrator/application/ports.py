@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 from orchestrator.domain.evaluation import Analysis, Job
-from orchestrator.domain.execution import ExecutionStatus, NodeExecution, WorkflowExecution
+from orchestrator.domain.execution import (
+    DomainEvent,
+    ExecutionStatus,
+    NodeExecution,
+    WorkflowExecution,
+)
 from orchestrator.domain.retry import RetryPolicy
 from orchestrator.domain.workflow import Definition, Workflow, WorkflowStatus
 
@@ -306,6 +311,12 @@ class EventPublisher(Protocol):
     """Sends committed events to live subscribers."""
 
     async def publish(self, events: list[ExecutionEvent]) -> None: ...
+
+
+class ExecutionObserver(Protocol):
+    """Sees each committed change of an execution (metrics)."""
+
+    def observe(self, execution: WorkflowExecution, events: Sequence[DomainEvent]) -> None: ...
 
 
 class RunnerSignals(Protocol):

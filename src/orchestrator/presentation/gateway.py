@@ -20,8 +20,9 @@ message's name). It is not an `execution:error`: that one is an execution's own 
 numbered by `seq`; a refusal concerns the request only and changes nothing. Refused are: a
 payload that is not `{executionId: <string of 1..200 characters>}` (messages over 64 KiB close
 the connection, Engine.IO's limit), an unknown execution, a subscription beyond
-MAX_SUBSCRIPTIONS_PER_CLIENT, more than MAX_PENDING messages of one connection in flight, and
-a subscription while the database is unreachable.
+MAX_SUBSCRIPTIONS_PER_CLIENT or beyond the user's USER_SUBSCRIPTIONS (over all their connections
+and replicas; see presentation/fair_use.py), more than MAX_PENDING messages of one connection in
+flight, and a subscription while the database is unreachable.
 
 What a subscriber receives (see `SequencedManager`): after the snapshot of seq S, the events
 S+1, S+2, ... in order, each once, up to the end of the execution. A room event that arrives
@@ -61,6 +62,8 @@ from orchestrator.application.executions import (
 from orchestrator.domain.errors import NotFound
 from orchestrator.domain.execution import WorkflowExecution
 from orchestrator.infrastructure.db.errors import is_outage
+from orchestrator.infrastructure.limits import SubscriptionCounter
+from orchestrator.infrastructure.metrics import Metrics
 from orchestrator.infrastructure.realtime.publisher import (
     NAMESPACE,
     Delivery,
@@ -86,6 +89,7 @@ class _Client:
     pending: int = 0
     caller: Caller = ANYONE
     expires_at: float | None = None  # when its credentials stop holding (epoch seconds)
+    counted: set[str] = field(default_factory=set)  # executions counted to the user's limit
 
 
 class Gateway:
@@ -97,6 +101,7 @@ class Gateway:
         services: Callable[[], ExecutionServices],
         max_subscriptions: int,
         authenticator: Authenticator,
+        metrics: Metrics | None = None,
     ) -> None:
         manager = sio.manager
         if not isinstance(manager, SequencedManager):
@@ -106,9 +111,13 @@ class Gateway:
         self._services = services
         self._max = max_subscriptions
         self._auth = authenticator
+        self._metrics = metrics
         self._clients: dict[str, _Client] = {}
         self._lookups = asyncio.Semaphore(MAX_LOOKUPS)
         self._tasks: set[asyncio.Task[None]] = set()
+        # The user's subscriptions over connections and replicas (USER_SUBSCRIPTIONS); set
+        # once the app has started, None: no limit.
+        self.subscriptions: SubscriptionCounter | None = None
         manager.on_gap = self._on_gap
         for message, answer in (("subscribe", "subscribed"), ("join", "joined")):
             action = partial(self._join, replay_nodes=message == "join")
@@ -124,10 +133,25 @@ class Gateway:
         except (Unauthenticated, Forbidden) as exc:
             raise ConnectionRefusedError(exc.message) from exc
         self._clients[sid] = _Client(caller=identity.caller, expires_at=identity.expires_at)
+        self._measure()
         return True
 
+    def _measure(self) -> None:
+        """The connections and subscriptions gauges, as they stand now."""
+        if self._metrics is not None:
+            self._metrics.socket_clients.set(len(self._clients))
+            followed = sum(len(rooms) for rooms in self._manager.deliveries.values())
+            self._metrics.socket_subscriptions.set(followed)
+
     async def _disconnect(self, sid: str, *reason: Any) -> None:
-        self._clients.pop(sid, None)
+        client = self._clients.pop(sid, None)
+        self._manager.deliveries.pop(sid, None)
+        self._measure()
+        if client is None or self.subscriptions is None:
+            return
+        async with client.lock:  # after a subscribe in progress, which may count one more
+            for execution_id in list(client.counted):
+                await self._uncount(client, sid, execution_id)
 
     def _handler(
         self, message: str, answer: str, action: Callable[[str, str, str], Any]
@@ -172,6 +196,9 @@ class Gateway:
         if client.expires_at is not None and time.time() > client.expires_at:
             # What it follows already goes on; a new subscription needs a new token.
             return "the token has expired: connect again with a new one"
+        refused = await self._count(client, sid, execution_id)
+        if refused is not None:
+            return refused
         # Hold the room's events back for this connection, join, then read the snapshot: an
         # event committed after the read is held and sent after the snapshot; one committed
         # before it is covered by it and dropped.
@@ -183,6 +210,7 @@ class Gateway:
         except Exception as exc:
             self._manager.forget(sid, room)
             await self._sio.leave_room(sid, room, namespace=NAMESPACE)
+            await self._uncount(client, sid, execution_id)
             if isinstance(exc, NotFound):
                 return f"Execution {execution_id} not found"
             if not is_outage(exc):
@@ -196,6 +224,7 @@ class Gateway:
                 await self._send(sid, "node:update", node)
         delivery.last_seq = max(delivery.last_seq, execution.last_seq)
         await self._release(sid, room, delivery)
+        self._measure()
         return {"ok": True, "executionId": execution_id, "seq": execution.last_seq}
 
     async def _read(
@@ -215,8 +244,31 @@ class Gateway:
         room = room_of(execution_id)
         self._manager.forget(sid, room)
         await self._sio.leave_room(sid, room, namespace=NAMESPACE)
+        client = self._clients.get(sid)
+        if client is not None:
+            await self._uncount(client, sid, execution_id)
+        self._measure()
         await self._send(sid, answer, {"executionId": execution_id})
         return {"ok": True, "executionId": execution_id}
+
+    async def _count(self, client: _Client, sid: str, execution_id: str) -> str | None:
+        """Count the subscription to the user's limit; the refusal when they are at it."""
+        counter, user_id = self.subscriptions, client.caller.user_id
+        if counter is None or user_id is None:
+            return None
+        if not await counter.acquire(user_id, f"{sid}:{execution_id}"):
+            return (
+                f"too many subscriptions: at most {counter.limit} per user over all connections "
+                "(USER_SUBSCRIPTIONS); unsubscribe from one, then try again"
+            )
+        client.counted.add(execution_id)
+        return None
+
+    async def _uncount(self, client: _Client, sid: str, execution_id: str) -> None:
+        counter, user_id = self.subscriptions, client.caller.user_id
+        if execution_id in client.counted and counter is not None and user_id is not None:
+            client.counted.discard(execution_id)
+            await counter.release(user_id, f"{sid}:{execution_id}")
 
     def _on_gap(self, sid: str, room: str, delivery: Delivery) -> None:
         """An event skipped ahead of the last one sent: send the missing ones first."""

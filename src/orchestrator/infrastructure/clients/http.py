@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -14,6 +15,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from orchestrator.application.ports import AgentAnswer, CallContext, InvocationError
 from orchestrator.domain.validation import service_id_problem
+from orchestrator.infrastructure.metrics import Metrics
 
 _RETRYABLE_STATUSES = frozenset({408, 429})
 _MAX_DETAIL_CHARS = 200
@@ -114,11 +116,13 @@ class _ServiceClient:
         base_url: str,
         *,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        metrics: Metrics | None = None,
     ) -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._urls: dict[str, httpx.URL] = {}
         self._max_reply_bytes = max_reply_bytes
+        self._metrics = metrics
 
     def _url(self, path: str) -> httpx.URL:
         # Parsed once per path: parsing a URL string is a good part of what a call costs.
@@ -132,7 +136,25 @@ class _ServiceClient:
     async def _post(
         self, path: str, body: dict[str, Any], ctx: CallContext, subject: str
     ) -> dict[str, Any]:
-        """POST `body` and return the JSON object of a 2xx reply."""
+        """POST `body` and return the JSON object of a 2xx reply (timed, when measured)."""
+        if self._metrics is None:
+            return await self._exchange(path, body, ctx, subject, None)
+        answered: list[int] = []
+        started = time.perf_counter()
+        try:
+            return await self._exchange(path, body, ctx, subject, answered)
+        finally:
+            status = answered[0] if answered else None
+            self._metrics.call(self.service, status, time.perf_counter() - started)
+
+    async def _exchange(
+        self,
+        path: str,
+        body: dict[str, Any],
+        ctx: CallContext,
+        subject: str,
+        answered: list[int] | None,
+    ) -> dict[str, Any]:
         key = ctx.idempotency_key
         if not (key.isascii() and key.isprintable()):
             raise InvocationError(
@@ -152,6 +174,8 @@ class _ServiceClient:
             # httpx bounds each read; the deadline bounds the whole attempt, slow trickles included.
             async with asyncio.timeout(ctx.timeout_s):
                 response = await self._http.send(request, stream=True)
+                if answered is not None:
+                    answered.append(response.status_code)
                 try:
                     content = await self._read(response)
                 finally:

@@ -290,6 +290,21 @@ async def wake_execution(connection: AsyncConnection, execution_id: str, now: dt
     )
 
 
+async def count_active(connection: AsyncConnection, user_id: str) -> int:
+    """How many executions the user started that are PENDING or RUNNING (waiting for a person
+    included); sub-workflows are part of their parent's run and not counted."""
+    count = await connection.scalar(
+        select(func.count())
+        .select_from(executions)
+        .where(
+            executions.c.user_id == user_id,
+            executions.c.status.in_(ACTIVE),
+            executions.c.parent_execution_id.is_(None),
+        )
+    )
+    return int(count or 0)
+
+
 async def insert_events(
     connection: AsyncConnection, events: list[ExecutionEvent], now: dt.datetime
 ) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import socketio
 
 from orchestrator.application.ports import ExecutionEvent
+from orchestrator.infrastructure.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,9 @@ class SocketIOPublisher:
     GET /workflows/executions/{id}/events (and a gateway that sees the gap fills it).
     """
 
-    def __init__(self, emitter: Any) -> None:
+    def __init__(self, emitter: Any, metrics: Metrics | None = None) -> None:
         self._emitter = emitter
+        self._metrics = metrics
 
     async def publish(self, events: list[ExecutionEvent]) -> None:
         """Emit the events in order."""
@@ -189,3 +191,8 @@ class SocketIOPublisher:
                 )
             except Exception as exc:
                 log.warning("could not publish %s #%d: %s", event.name, event.seq, exc)
+                if self._metrics is not None:
+                    self._metrics.events_dropped.inc()
+            else:
+                if self._metrics is not None:
+                    self._metrics.events_emitted.labels(event.name).inc()

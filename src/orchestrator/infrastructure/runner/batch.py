@@ -30,6 +30,7 @@ from orchestrator.infrastructure.db.mappers import (
     node_row,
 )
 from orchestrator.infrastructure.db.tables import executions, node_executions
+from orchestrator.infrastructure.metrics import Metrics
 
 MAX_BATCH = 200
 
@@ -95,7 +96,8 @@ _Queued = tuple[dict[str, Any], list[Any], list[Any], "asyncio.Future[bool]"]
 class StepWriter:
     """Writes steps in batches; `write` answers whether the step's fence held."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
         # One writer writes one batch at a time, so it keeps one connection of its own.
         self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._connection: asyncpg.Connection | None = None
@@ -155,6 +157,8 @@ class StepWriter:
                                 item[3].set_exception(single)
 
     async def _settle(self, batch: list[_Queued]) -> None:
+        if self._metrics is not None:
+            self._metrics.batch_size.observe(len(batch))
         written = await self._write(batch)
         for row, _, _, future in batch:
             if not future.done():

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass, field
 
 from tenacity import (
@@ -36,6 +37,8 @@ from orchestrator.domain.engine import (
 from orchestrator.domain.execution import WorkflowExecution
 from orchestrator.infrastructure.db.errors import is_refused_value, is_transient
 from orchestrator.infrastructure.expressions.pool import EvaluatorUnavailable
+from orchestrator.infrastructure.logs import bind
+from orchestrator.infrastructure.metrics import Metrics
 from orchestrator.infrastructure.runner.store import (
     Claim,
     DatabaseUnavailable,
@@ -58,6 +61,7 @@ class DriverConfig:
     execution_timeout_ms: int
     limits: Limits = field(default_factory=Limits)
     outage_patience_s: float = 60.0
+    metrics: Metrics | None = None
 
 
 class Driver:
@@ -117,6 +121,7 @@ class Driver:
 
     async def run(self) -> Outcome:
         """Drive until the execution finishes or waits, the lease is lost, or draining ends."""
+        bind(executionId=self._execution.id, workflowId=self._execution.workflow_id)
         try:
             await self._drive()
             if self._execution.finished:
@@ -193,11 +198,16 @@ class Driver:
                     task.cancel()
 
     async def _run_node(self, start: NodeStart) -> None:
+        node = self._execution.nodes[start.key]
+        bind(nodeId=node.node_id, attempt=start.attempt)
+        if node.iteration:
+            bind(iteration=list(node.iteration))
         result = await self._work.run(self._workflow, self._execution, start, self._apply)
         await self._apply(result)
 
     async def _commit(self, step: Step) -> None:
         events = render(self._execution, step.events, self._names)
+        started = time.perf_counter()
         try:
             await self._store.commit(self._claim, self._execution, step, events)
         except Exception as exc:
@@ -206,6 +216,10 @@ class Driver:
             # Most commits succeed at once: the retry controller is built only for an outage.
             self._log_retry(exc, first=True)
             await self._commit_again(step, events)
+        metrics = self._config.metrics
+        if metrics is not None:
+            metrics.commit_duration.observe(time.perf_counter() - started)
+            metrics.observe(self._execution, step.events)
         await self._publisher.publish(events)
 
     async def _commit_again(self, step: Step, events: list[ExecutionEvent]) -> None:

@@ -19,6 +19,7 @@ from orchestrator.application.ports import Clock, EventPublisher
 from orchestrator.domain.engine import CompiledWorkflow, Limits
 from orchestrator.domain.execution import WorkflowExecution
 from orchestrator.domain.workflow import Definition
+from orchestrator.infrastructure.metrics import Metrics
 from orchestrator.infrastructure.runner.driver import Driver, DriverConfig
 from orchestrator.infrastructure.runner.store import Claim, Outcome, RunnerStore
 
@@ -39,6 +40,7 @@ class RunnerConfig:
     max_recoveries: int
     execution_timeout_ms: int
     limits: Limits = field(default_factory=Limits)
+    metrics: Metrics | None = None
 
 
 def new_owner_id() -> str:
@@ -204,12 +206,17 @@ class Runner:
                 self._config.max_recoveries,
                 self._config.execution_timeout_ms,
                 self._config.limits,
+                metrics=self._config.metrics,
             ),
         )
         task = asyncio.create_task(
             self._drive(claim, driver), name=f"execution:{claim.execution_id}"
         )
         self._drivers[claim.execution_id] = (claim, driver, task)
+        if self._config.metrics is not None:
+            self._config.metrics.held.set(len(self._drivers))
+            if claim.recoveries > 0:
+                self._config.metrics.takeovers.inc()
 
     def _compile(self, workflow_id: str, definition: Definition) -> CompiledWorkflow:
         key = (workflow_id, definition.version)
@@ -256,6 +263,8 @@ class Runner:
             return False
         was_full = len(self._drivers) >= self._config.max_concurrent
         del self._drivers[claim.execution_id]
+        if self._config.metrics is not None:
+            self._config.metrics.held.set(len(self._drivers))
         return was_full
 
     async def _park(self, claim: Claim, driver: Driver) -> None:
@@ -286,6 +295,8 @@ class Runner:
                 entry = self._drivers.get(execution_id)
                 if entry is not None:
                     log.warning("execution %s: lease lost or cancelled; stopping", execution_id)
+                    if self._config.metrics is not None:
+                        self._config.metrics.leases_lost.inc()
                     entry[2].cancel()
 
 

@@ -25,6 +25,7 @@ from orchestrator.infrastructure.db.executions import (
 )
 from orchestrator.infrastructure.db.tables import executions
 from orchestrator.infrastructure.db.workflows import SqlWorkflowRepository
+from orchestrator.infrastructure.metrics import Metrics
 from orchestrator.infrastructure.runner.batch import StepWriter
 
 ACTIVE = [s.value for s in ACTIVE_EXECUTION]
@@ -108,11 +109,18 @@ _CLAIM = (
 class RunnerStore:
     """Every write is fenced by the lease token and by the execution still being unfinished."""
 
-    def __init__(self, engine: AsyncEngine, owner: str, lease: dt.timedelta) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        owner: str,
+        lease: dt.timedelta,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._engine = engine
         self.owner = owner
         self._lease = lease
-        self._writer = StepWriter(engine) if engine.dialect.name == "postgresql" else None
+        postgres = engine.dialect.name == "postgresql"
+        self._writer = StepWriter(engine, metrics) if postgres else None
 
     async def claim(
         self, limit: int, now: dt.datetime, driving: Collection[str] = ()

@@ -16,7 +16,10 @@ from orchestrator.application.executions import ExecutionServices
 from orchestrator.application.ports import Clock, ExecutionDetail, Page, UnitOfWorkFactory
 from orchestrator.domain.errors import NotFound
 from orchestrator.domain.values import ValueLimits
+from orchestrator.infrastructure.health import DependencyHealth
+from orchestrator.infrastructure.metrics import Metrics
 from orchestrator.presentation.auth import Authenticator
+from orchestrator.presentation.fair_use import FairUse
 from orchestrator.settings import Settings
 
 INCLUDES = ("nodes", "io")
@@ -42,7 +45,10 @@ class AppContext:
     clock: Clock
     executions: ExecutionServices
     authenticator: Authenticator
+    health: DependencyHealth
+    metrics: Metrics
     runner_running: bool = False
+    fair_use: FairUse | None = None  # per-user limits (None: none)
 
     @cached_property
     def value_limits(self) -> ValueLimits:

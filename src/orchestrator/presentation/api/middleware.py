@@ -1,12 +1,72 @@
-"""ASGI middleware: the request body limit, and the security headers of every answer."""
+"""ASGI middleware: the request body limit, the security headers of every answer, REST
+latency."""
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator.infrastructure.logs import bound
+from orchestrator.infrastructure.metrics import Metrics, status_class
 from orchestrator.presentation.api.errors import BodyTooLarge, envelope
+
+MAX_REQUEST_ID = 128
+
+
+class RequestId:
+    """Each request's id (its `X-Request-ID`, or a new one) on every log line it causes, and
+    echoed in the answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope["headers"]).get(b"x-request-id", b"")
+        usable = 0 < len(sent) <= MAX_REQUEST_ID and sent.isascii() and sent.decode().isprintable()
+        request_id = sent.decode() if usable else uuid.uuid4().hex
+
+        async def with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        with bound(requestId=request_id):
+            await self.app(scope, receive, with_id)
+
+
+class RequestMetrics:
+    """REST latency by route template (`/workflows/{workflow_id}`, never the raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        answered: list[int] = []
+
+        async def noting_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answered.append(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_status)
+        finally:
+            route = getattr(scope.get("route"), "path_format", None) or "unmatched"
+            self.metrics.http_duration.labels(
+                scope["method"], route, status_class(answered[0] if answered else 500)
+            ).observe(time.perf_counter() - started)
 
 
 class SecurityHeaders:

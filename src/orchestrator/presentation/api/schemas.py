@@ -646,11 +646,3 @@ class Health(WireModel):
     status: str
     service: str
     timestamp: dt.datetime
-
-
-class Readiness(WireModel):
-    """Answer of GET /health/ready."""
-
-    status: str
-    database: str
-    runner: str

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 
@@ -44,26 +44,49 @@ router = APIRouter(
     dependencies=[Depends(unstorable_ids_are_unknown)],
 )
 
+# What a start over the caller's fair-use limits answers (see presentation/fair_use.py).
+LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {
+        "description": "Over a fair-use limit of the caller (USER_EXECUTIONS_PER_MINUTE or "
+        "USER_RUNNING_EXECUTIONS)",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before trying again",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    }
+}
+
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", max_length=200, description="Same key, same execution"),
 ]
 
 
-@router.post("/execute", status_code=status.HTTP_202_ACCEPTED, response_model=ExecutionOut)
+@router.post(
+    "/execute",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ExecutionOut,
+    responses=LIMITED,
+)
 async def execute_workflow(
     body: ExecuteIn, context: ContextDep, caller: CallerDep, idempotency_key: IdempotencyKey = None
 ) -> ExecutionOut:
     """Start an execution of an ACTIVE workflow; it runs in the background.
 
     An input over MAX_VALUE_DEPTH or MAX_NODE_OUTPUT_BYTES is a 400, and nothing is stored;
-    so is a workflow using a node type named in `disabledNodeTypes`.
+    so is a workflow using a node type named in `disabledNodeTypes`. Over the caller's
+    fair-use limits (USER_EXECUTIONS_PER_MINUTE, USER_RUNNING_EXECUTIONS): 429 with Retry-After.
     """
     return await _execute(context, body.workflow_id, body, caller, idempotency_key)
 
 
 @router.post(
-    "/{workflow_id}/execute", status_code=status.HTTP_202_ACCEPTED, response_model=ExecutionOut
+    "/{workflow_id}/execute",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ExecutionOut,
+    responses=LIMITED,
 )
 async def execute_workflow_by_id(
     workflow_id: WorkflowId,
@@ -84,6 +107,8 @@ async def _execute(
     idempotency_key: str | None,
 ) -> ExecutionOut:
     context.value_limits.check(body.input, "input")
+    if context.fair_use is not None:
+        await context.fair_use.check_start(caller)
     execution = await use.execute_workflow(
         context.executions,
         workflow_id,
@@ -184,11 +209,17 @@ async def resume_node(
     "/executions/{execution_id}/retry",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExecutionOut,
+    responses=LIMITED,
 )
 async def retry_execution(
     execution_id: ExecutionId, context: ContextDep, caller: CallerDep
 ) -> ExecutionOut:
-    """Retry a FAILED execution from the failed node, as a new execution (`retryOf` links them)."""
+    """Retry a FAILED execution from the failed node, as a new execution (`retryOf` links them).
+
+    429 with Retry-After over the caller's fair-use limits, as execute.
+    """
+    if context.fair_use is not None:
+        await context.fair_use.check_start(caller)
     return ExecutionOut.of(await use.retry_execution(context.executions, execution_id, caller))
 
 
