@@ -7,7 +7,6 @@ Socket.IO), and another user is not affected.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,31 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from tests.flows import chain, create_active, node, wait_until
 from tests.live import LiveClient, live
 from tests.processes import Process, base_url, running, service_process
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 PER_MINUTE = 3
 RUNNING = 2
 SUBSCRIPTIONS = 3
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    """TEST_REDIS_URL, or the local default when something answers there."""
-    url = os.environ.get("TEST_REDIS_URL")
-    if url:
-        return url
-    try:
-        redis.Redis.from_url(DEFAULT_REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        pytest.skip(
-            f"no Redis: TEST_REDIS_URL is unset and {DEFAULT_REDIS_URL} answers not ({exc})"
-        )
-    return DEFAULT_REDIS_URL
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ are reported, never gating. A report is kept 5 s, and concurrent requests share 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections import Counter
@@ -18,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from tests.databases import plain
 from tests.processes import base_url, free_port, running, service_process
@@ -26,7 +24,6 @@ from tests.proxy import proxied_url, proxy_for, running_proxy
 
 pytestmark = pytest.mark.timeout(60)
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 ENVELOPE = {"statusCode", "error", "message", "path", "method", "timestamp"}
 
 
@@ -67,19 +64,6 @@ def counting_server(delay_s: float = 0.0, status: int = 200) -> Iterator[HealthC
         counter.server.shutdown()
         counter.server.server_close()
         thread.join(5)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    """TEST_REDIS_URL, or the local default when something answers there."""
-    url = os.environ.get("TEST_REDIS_URL")
-    if url:
-        return url
-    try:
-        redis.Redis.from_url(DEFAULT_REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {DEFAULT_REDIS_URL} ({exc})")
-    return DEFAULT_REDIS_URL
 
 
 async def eventually(

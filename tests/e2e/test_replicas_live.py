@@ -9,36 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
-import redis
 import redis.asyncio as aioredis
 
 from tests.flows import chain, create_active, execute, node, wait_until
 from tests.live import LiveClient, live, seqs, stored_events
 from tests.processes import base_url, running, service_process
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    """TEST_REDIS_URL, or the local default when something answers there."""
-    url = os.environ.get("TEST_REDIS_URL")
-    if url:
-        return url
-    try:
-        redis.Redis.from_url(DEFAULT_REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        pytest.skip(
-            f"no Redis: TEST_REDIS_URL is unset and {DEFAULT_REDIS_URL} answers not ({exc})"
-        )
-    return DEFAULT_REDIS_URL
 
 
 def channel() -> str:
