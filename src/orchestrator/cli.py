@@ -27,6 +27,18 @@ def _logging(settings: Settings) -> None:
     from orchestrator.infrastructure.logs import configure
 
     configure(settings.log_level, settings.log_format)
+    _tracing()
+
+
+def _tracing() -> None:
+    """Traces, when OTEL_EXPORTER_OTLP_ENDPOINT is set; a clear stop without the extra."""
+    from orchestrator.infrastructure import tracing
+
+    try:
+        tracing.configure_from_env()
+    except tracing.TracingUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -32,12 +32,14 @@ from orchestrator.infrastructure.metrics import Metrics
 from orchestrator.infrastructure.realtime.publisher import SocketIOPublisher, build_server
 from orchestrator.infrastructure.runner.runner import Runner, RunnerConfig, lease_of, new_owner_id
 from orchestrator.infrastructure.runner.store import RunnerStore
+from orchestrator.infrastructure.tracing import enabled as tracing_enabled
 from orchestrator.presentation.api import errors, openapi
 from orchestrator.presentation.api.deps import AppContext
 from orchestrator.presentation.api.middleware import (
     BodyLimit,
     RequestId,
     RequestMetrics,
+    RequestSpan,
     SecurityHeaders,
 )
 from orchestrator.presentation.api.routers import executions, health, workflows
@@ -220,9 +222,11 @@ def create_app(settings: Settings | None = None) -> Any:
         return runtime.services
 
     gateway = Gateway(sio, services, settings.max_subscriptions_per_client, authenticator, metrics)
-    limited = RequestId(
+    limited: Any = RequestId(
         SecurityHeaders(RequestMetrics(BodyLimit(api, settings.max_body_bytes), metrics))
     )
+    if tracing_enabled():
+        limited = RequestSpan(limited)
     return socketio.ASGIApp(sio, other_asgi_app=limited, socketio_path="socket.io")
 
 

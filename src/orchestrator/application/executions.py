@@ -103,11 +103,13 @@ async def execute_workflow(
     caller: Caller,
     idempotency_key: str | None,
     disabled_node_types: Collection[str] = (),
+    trace_parent: str | None = None,
 ) -> WorkflowExecution:
     """Start an execution of the workflow's current version; it runs in the background.
 
     The same Idempotency-Key gives back the execution it started the first time. A current
     version with a node of one of `disabled_node_types` is refused, naming those nodes.
+    `trace_parent` (a W3C traceparent) is stored with it: the spans of its steps nest there.
     """
     key = scoped_key(caller.user_id, idempotency_key)
     async with services.uow_factory() as uow:
@@ -119,6 +121,7 @@ async def execute_workflow(
         candidate = _new_execution(
             services, workflow.id, workflow.definition, node_input, caller.user_id, key
         )
+        candidate.trace_parent = trace_parent
         execution = await uow.executions.add(candidate)
         await uow.commit()
     if execution.workflow_id != workflow_id:

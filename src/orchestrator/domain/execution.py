@@ -270,6 +270,8 @@ class WorkflowExecution:
     # Set while every unfinished node waits (for a person or a child): EXECUTION_TIMEOUT does
     # not run while nobody works.
     waiting_since: dt.datetime | None = None
+    # The W3C `traceparent` of the request that started it: its steps' spans nest under it.
+    trace_parent: str | None = None
     # Bytes of the completed nodes' outputs, once measured (not stored).
     output_bytes: int | None = field(default=None, compare=False, repr=False)
 

@@ -47,6 +47,7 @@ class _Call:
     received_at: datetime
     answered_at: datetime
     status: int
+    traceparent: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +58,7 @@ class _Call:
             "receivedAt": _iso(self.received_at, "microseconds"),
             "answeredAt": _iso(self.answered_at, "microseconds"),
             "status": self.status,
+            "traceparent": self.traceparent,
         }
 
 
@@ -75,8 +77,11 @@ class _State:
         body: Any,
         received_at: datetime,
         status: int,
+        traceparent: str | None = None,
     ) -> None:
-        self.calls.append(_Call(service, ident, key, body, received_at, datetime.now(UTC), status))
+        self.calls.append(
+            _Call(service, ident, key, body, received_at, datetime.now(UTC), status, traceparent)
+        )
 
     def count_attempt(self, attempt_key: _AttemptKey) -> int:
         """Count one more call for this key and return its number, starting at 1."""
@@ -118,7 +123,15 @@ def create_standin_app(
         key = request.headers.get(IDEMPOTENCY_HEADER)
         body = await _read_body(request)
         response = await _answer_agent(state, agent_id, key, body, received_at)
-        state.record("agent", agent_id, key, body, received_at, response.status_code)
+        state.record(
+            "agent",
+            agent_id,
+            key,
+            body,
+            received_at,
+            response.status_code,
+            request.headers.get("traceparent"),
+        )
         return response
 
     @app.post("/tools/execute")
@@ -129,7 +142,15 @@ def create_standin_app(
         tool_id = body.get("toolId") if isinstance(body, dict) else None
         ident = tool_id if isinstance(tool_id, str) else None
         response = await _answer_tool(state, ident, key, body, received_at)
-        state.record("tool", ident, key, body, received_at, response.status_code)
+        state.record(
+            "tool",
+            ident,
+            key,
+            body,
+            received_at,
+            response.status_code,
+            request.headers.get("traceparent"),
+        )
         return response
 
     @app.get("/_calls")

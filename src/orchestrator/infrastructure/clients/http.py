@@ -15,6 +15,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from orchestrator.application.ports import AgentAnswer, CallContext, InvocationError
 from orchestrator.domain.validation import service_id_problem
+from orchestrator.infrastructure import tracing
 from orchestrator.infrastructure.metrics import Metrics
 
 _RETRYABLE_STATUSES = frozenset({408, 429})
@@ -136,13 +137,27 @@ class _ServiceClient:
     async def _post(
         self, path: str, body: dict[str, Any], ctx: CallContext, subject: str
     ) -> dict[str, Any]:
-        """POST `body` and return the JSON object of a 2xx reply (timed, when measured)."""
+        """POST `body` and return the JSON object of a 2xx reply (timed, when measured; in a
+        span, with its `traceparent` sent, when traced)."""
+        if tracing.enabled():
+            with tracing.call_span(self.service, ctx.node_id, ctx.execution_id) as traceparent:
+                return await self._timed(path, body, ctx, subject, traceparent)
+        return await self._timed(path, body, ctx, subject, None)
+
+    async def _timed(
+        self,
+        path: str,
+        body: dict[str, Any],
+        ctx: CallContext,
+        subject: str,
+        traceparent: str | None,
+    ) -> dict[str, Any]:
         if self._metrics is None:
-            return await self._exchange(path, body, ctx, subject, None)
+            return await self._exchange(path, body, ctx, subject, None, traceparent)
         answered: list[int] = []
         started = time.perf_counter()
         try:
-            return await self._exchange(path, body, ctx, subject, answered)
+            return await self._exchange(path, body, ctx, subject, answered, traceparent)
         finally:
             status = answered[0] if answered else None
             self._metrics.call(self.service, status, time.perf_counter() - started)
@@ -154,6 +169,7 @@ class _ServiceClient:
         ctx: CallContext,
         subject: str,
         answered: list[int] | None,
+        traceparent: str | None = None,
     ) -> dict[str, Any]:
         key = ctx.idempotency_key
         if not (key.isascii() and key.isprintable()):
@@ -163,11 +179,14 @@ class _ServiceClient:
                 retryable=False,
             )
         timeout = self._http.timeout if ctx.timeout_s is None else httpx.Timeout(ctx.timeout_s)
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
         request = self._http.build_request(
             "POST",
             self._url(path),
             content=orjson.dumps(body),
-            headers={"Content-Type": "application/json", "Idempotency-Key": key},
+            headers=headers,
             timeout=timeout,
         )
         try:

@@ -19,6 +19,7 @@ from tenacity import (
 from orchestrator.application.ports import AttemptHook, FailureHook, InvocationError
 from orchestrator.domain.errors import ConcurrentChange
 from orchestrator.domain.retry import RetryPolicy
+from orchestrator.infrastructure.logs import bind
 
 T = TypeVar("T")
 CONFLICT_ATTEMPTS = 10
@@ -60,6 +61,8 @@ class TenacityRetrier:
             return first_attempt + state.attempt_number - 1
 
         async def before(state: RetryCallState) -> None:
+            # The attempt on this node's log lines (and its call's span) from here on.
+            bind(attempt=number(state))
             await on_attempt(number(state))
 
         async def before_sleep(state: RetryCallState) -> None:

@@ -223,6 +223,7 @@ def execution_row(execution: WorkflowExecution) -> dict[str, Any]:
         "parent_execution_id": execution.parent_execution_id,
         "parent_node_id": execution.parent_node_id,
         "depth": execution.depth,
+        "trace_parent": execution.trace_parent,
         "wake_at": None,
         "created_at": execution.created_at,
         "updated_at": execution.updated_at,
@@ -259,4 +260,5 @@ def execution_from_rows(row: Any, node_rows: Sequence[Any]) -> WorkflowExecution
         parent_node_id=row.parent_node_id,
         depth=row.depth,
         waiting_since=row.waiting_since,
+        trace_parent=row.trace_parent,
     )

@@ -132,6 +132,8 @@ class ExecutionRow(Base):
     parent_execution_id: Mapped[str | None] = mapped_column(String(36))
     parent_node_id: Mapped[str | None] = mapped_column(String(200))
     depth: Mapped[int] = mapped_column(Integer, default=0)
+    # The W3C `traceparent` of the request that started it (traces on; else NULL).
+    trace_parent: Mapped[str | None] = mapped_column(String(55))
 
     __table_args__ = (
         ForeignKeyConstraint(

@@ -35,6 +35,7 @@ from orchestrator.domain.engine import (
     wait_deadline,
 )
 from orchestrator.domain.execution import WorkflowExecution
+from orchestrator.infrastructure import tracing
 from orchestrator.infrastructure.db.errors import is_refused_value, is_transient
 from orchestrator.infrastructure.expressions.pool import EvaluatorUnavailable
 from orchestrator.infrastructure.logs import bind
@@ -122,6 +123,9 @@ class Driver:
     async def run(self) -> Outcome:
         """Drive until the execution finishes or waits, the lease is lost, or draining ends."""
         bind(executionId=self._execution.id, workflowId=self._execution.workflow_id)
+        trace_parent = tracing.valid_traceparent(self._execution.trace_parent)
+        if trace_parent is not None:
+            bind(traceId=tracing.trace_id_of(trace_parent))
         try:
             await self._drive()
             if self._execution.finished:
@@ -177,7 +181,20 @@ class Driver:
             await self._apply(stopped)
 
     async def _apply(self, happening: Happening) -> None:
-        """Step, commit, publish, then start the nodes the step made runnable."""
+        """Step, commit, publish, then start the nodes the step made runnable (in a span, when
+        traced: the nodes' calls nest under the step that started them)."""
+        if tracing.enabled():
+            attributes = {
+                "executionId": self._execution.id,
+                "workflowId": self._execution.workflow_id,
+            }
+            name = type(happening).__name__
+            with tracing.step_span(self._execution.trace_parent, name, attributes):
+                await self._step(happening)
+        else:
+            await self._step(happening)
+
+    async def _step(self, happening: Happening) -> None:
         async with self._lock:
             step = advance(
                 self._workflow, self._execution, happening, self._clock.now(), self._config.limits

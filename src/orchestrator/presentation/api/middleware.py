@@ -1,5 +1,5 @@
 """ASGI middleware: the request body limit, the security headers of every answer, REST
-latency."""
+latency, a span per request (when traced)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator.infrastructure import tracing
 from orchestrator.infrastructure.logs import bound
 from orchestrator.infrastructure.metrics import Metrics, status_class
 from orchestrator.presentation.api.errors import BodyTooLarge, envelope
@@ -39,6 +40,35 @@ class RequestId:
 
         with bound(requestId=request_id):
             await self.app(scope, receive, with_id)
+
+
+class RequestSpan:
+    """A span per HTTP request (installed only when traced), under the W3C `traceparent` it
+    carries, named by its route template once routed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope["headers"]).get(b"traceparent")
+        traceparent = sent.decode("latin-1") if sent is not None else None
+        method = scope["method"]
+        answered: list[int] = []
+
+        async def noting_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answered.append(message["status"])
+            await send(message)
+
+        with tracing.request_span(method, scope["path"], traceparent) as span:
+            try:
+                await self.app(scope, receive, noting_status)
+            finally:
+                route = getattr(scope.get("route"), "path_format", None)
+                tracing.end_request(span, method, route, answered[0] if answered else None)
 
 
 class RequestMetrics:

@@ -10,6 +10,7 @@ from orchestrator.application import executions as use
 from orchestrator.application.access import Caller
 from orchestrator.application.ports import ExecutionOrder, SortField
 from orchestrator.domain.execution import ExecutionStatus
+from orchestrator.infrastructure import tracing
 from orchestrator.presentation.api.deps import (
     NO_NUL,
     AppContext,
@@ -116,6 +117,8 @@ async def _execute(
         caller,
         idempotency_key,
         body.disabled_node_types,
+        # The request's span (traces on): the run's steps nest under it.
+        tracing.current_traceparent() if tracing.enabled() else None,
     )
     return ExecutionOut.of(execution)
 
