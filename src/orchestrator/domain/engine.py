@@ -532,6 +532,8 @@ class Step:
     events: list[DomainEvent] = field(default_factory=list)
     starts: list[NodeStart] = field(default_factory=list)
     execution_changed: bool = False
+    # Keys of the node executions this step made (an iteration's): stored new, not updated.
+    created: set[str] = field(default_factory=set)
 
 
 def advance(
@@ -747,6 +749,7 @@ class _Stepper:
         ]
         self.execution.add_nodes(added)
         self.record([], *(n.key for n in added))
+        self.result.created.update(n.key for n in added)
         progress.open.add(progress.started)
         progress.started += 1
         self.pending.append((loop.node_id, path))

@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -172,6 +173,23 @@ class Metrics:
             registry=r,
         )
         self._database_read_at = 0.0
+        # Children by label values, found once: `labels()` takes a lock and builds a key.
+        self._attempts: dict[tuple[str, str], Any] = {}
+        self._durations: dict[tuple[str, str], Any] = {}
+        self._emitted: dict[str, Any] = {}
+
+    def emitted(self, event: str) -> None:
+        """One event handed to Socket.IO."""
+        child = self._emitted.get(event)
+        if child is None:
+            child = self._emitted[event] = self.events_emitted.labels(event)
+        child.inc()
+
+    def _attempt(self, kind: str, outcome: str, count: float = 1) -> None:
+        child = self._attempts.get((kind, outcome))
+        if child is None:
+            child = self._attempts[kind, outcome] = self.node_attempts.labels(kind, outcome)
+        child.inc(count)
 
     def observe(self, execution: WorkflowExecution, events: Sequence[DomainEvent]) -> None:
         """Count what a committed step of `execution` reports."""
@@ -202,12 +220,16 @@ class Metrics:
         }[node.status]
         earlier = failed - (1 if node.status == NodeStatus.FAILED and failed else 0)
         if earlier > 0:
-            self.node_attempts.labels(kind, "failed").inc(earlier)
+            self._attempt(kind, "failed", earlier)
         if node.attempts or node.status != NodeStatus.CANCELLED:
-            self.node_attempts.labels(kind, last).inc()
+            self._attempt(kind, last)
         if node.started_at is not None and node.completed_at is not None:
             seconds = (node.completed_at - node.started_at).total_seconds()
-            self.node_duration.labels(kind, node.status.value).observe(max(0.0, seconds))
+            key = (kind, node.status.value)
+            child = self._durations.get(key)
+            if child is None:
+                child = self._durations[key] = self.node_duration.labels(*key)
+            child.observe(max(0.0, seconds))
 
     def call(self, service: str, status: int | None, seconds: float) -> None:
         """One call to agent-service or tool-service, answered with `status` (None: none)."""

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
-from sqlalchemy import Table, func, insert, null, select, update
+from sqlalchemy import Table, bindparam, func, insert, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,6 +32,7 @@ from orchestrator.infrastructure.db.mappers import (
     execution_values,
     iteration_text,
     node_row,
+    node_values,
 )
 from orchestrator.infrastructure.db.tables import execution_events, executions, node_executions
 
@@ -221,16 +222,15 @@ class SqlExecutionRepository:
         return await write_step(self._c, execution, previous_seq, nodes, events)
 
 
-def _upsert_nodes(postgres: bool) -> Any:
-    """Insert a node execution (an iteration's are new), or update the one already there."""
-    statement = (postgresql.insert if postgres else sqlite.insert)(node_executions)
-    return statement.on_conflict_do_update(
-        index_elements=["execution_id", "node_id", "iteration"],
-        set_={name: statement.excluded[name] for name in NODE_VALUES},
+_UPDATE_NODE = (
+    update(node_executions)
+    .where(
+        node_executions.c.execution_id == bindparam("b_execution_id"),
+        node_executions.c.node_id == bindparam("b_node_id"),
+        node_executions.c.iteration == bindparam("b_iteration"),
     )
-
-
-_UPSERT_NODES = {postgres: _upsert_nodes(postgres) for postgres in (True, False)}
+    .values({name: bindparam(name) for name in NODE_VALUES})
+)
 
 
 async def write_step(
@@ -240,10 +240,12 @@ async def write_step(
     nodes: list[NodeExecution],
     events: list[ExecutionEvent],
     token: int | None = None,
+    created: Collection[str] = (),
 ) -> bool:
     """Write one step of an execution in the caller's transaction, fenced: only if the
     execution is unfinished, nobody wrote since `previous_seq` and (when given) the lease token
-    is still `token`. False, and nothing written, when the fence does not hold."""
+    is still `token`. False, and nothing written, when the fence does not hold. The node
+    executions named in `created` (an iteration's) are inserted, the others updated."""
     now = execution.updated_at
     values: dict[str, Any] = {**execution_values(execution), "updated_at": now}
     if execution.finished:
@@ -259,11 +261,23 @@ async def write_step(
     fenced = await connection.execute(update(executions).where(*fence).values(values))
     if fenced.rowcount != 1:
         return False
-    if nodes:
+    changed = [n for n in nodes if n.key not in created]
+    if changed:
         await connection.execute(
-            _UPSERT_NODES[connection.dialect.name == "postgresql"],
-            [node_row(execution.id, n) for n in nodes],
+            _UPDATE_NODE,
+            [
+                {
+                    "b_execution_id": execution.id,
+                    "b_node_id": n.node_id,
+                    "b_iteration": iteration_text(n.iteration),
+                    **node_values(n),
+                }
+                for n in changed
+            ],
         )
+    new = [node_row(execution.id, n) for n in nodes if n.key in created]
+    if new:
+        await connection.execute(_INSERT_NODES, new)
     await insert_events(connection, events, now)
     return True
 

@@ -195,4 +195,4 @@ class SocketIOPublisher:
                     self._metrics.events_dropped.inc()
             else:
                 if self._metrics is not None:
-                    self._metrics.events_emitted.labels(event.name).inc()
+                    self._metrics.emitted(event.name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+from collections.abc import Collection
 from typing import Any
 
 import asyncpg
@@ -36,9 +37,11 @@ MAX_BATCH = 200
 
 
 def _recordset(table: Table, names: tuple[str, ...]) -> str:
-    """`name type, ...` of the columns, for jsonb_to_recordset."""
+    """`name type, ...` of the columns, for jsonb_to_recordset (a node row also says whether
+    it is `new`)."""
     dialect = PGDialect()  # type: ignore[no-untyped-call]
-    return ", ".join(f"{n} {table.c[n].type.compile(dialect=dialect)}" for n in names)
+    columns = ", ".join(f"{n} {table.c[n].type.compile(dialect=dialect)}" for n in names)
+    return columns + ", new boolean" if table is node_executions else columns
 
 
 def _assign(names: tuple[str, ...], source: str) -> str:
@@ -70,13 +73,19 @@ WITH step AS (
       AND e.status IN ('PENDING', 'RUNNING')
     RETURNING e.id
 ), nodes AS (
-    -- An iteration's node executions are new; the others are there already.
+    UPDATE node_executions AS n
+    SET {_assign(NODE_VALUES, "v")}
+    FROM fence, jsonb_to_recordset($2::jsonb) AS v({_recordset(node_executions, _NODE_COLUMNS)})
+    WHERE NOT v.new AND v.execution_id = fence.id AND n.execution_id = v.execution_id
+      AND n.node_id = v.node_id AND n.iteration = v.iteration
+    RETURNING 1
+), new_nodes AS (
+    -- An iteration's node executions: the step that made them inserts them.
     INSERT INTO node_executions ({", ".join(_NODE_COLUMNS)})
     SELECT {", ".join(f"v.{n}" for n in _NODE_COLUMNS)}
     FROM fence JOIN jsonb_to_recordset($2::jsonb) AS v(
         {_recordset(node_executions, _NODE_COLUMNS)}) ON v.execution_id = fence.id
-    ON CONFLICT (execution_id, node_id, iteration) DO UPDATE
-    SET {", ".join(f"{n} = EXCLUDED.{n}" for n in NODE_VALUES)}
+    WHERE v.new
     RETURNING 1
 ), events AS (
     INSERT INTO execution_events (execution_id, seq, event, payload, created_at)
@@ -112,8 +121,11 @@ class StepWriter:
         previous_seq: int,
         nodes: list[NodeExecution],
         events: list[ExecutionEvent],
+        created: Collection[str] = (),
     ) -> bool:
-        """Queue one fenced step and wait for its batch; False when the fence did not hold."""
+        """Queue one fenced step and wait for its batch; False when the fence did not hold.
+
+        The node executions named in `created` are inserted, the others updated."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="step-writer")
         row = {
@@ -123,7 +135,7 @@ class StepWriter:
             "finished": execution.finished,
             **execution_values(execution),
         }
-        node_rows = [node_row(execution.id, n) for n in nodes]
+        node_rows = [{**node_row(execution.id, n), "new": n.key in created} for n in nodes]
         event_rows = [
             {"execution_id": e.execution_id, "seq": e.seq, "event": e.name, "payload": e.payload}
             for e in events

@@ -250,12 +250,18 @@ class RunnerStore:
         nodes = list(step.nodes.values())
         if self._writer is not None:
             written = await self._writer.write(
-                claim.token, execution, step.previous_seq, nodes, events
+                claim.token, execution, step.previous_seq, nodes, events, step.created
             )
         else:
             async with self._engine.begin() as connection:
                 written = await write_step(
-                    connection, execution, step.previous_seq, nodes, events, claim.token
+                    connection,
+                    execution,
+                    step.previous_seq,
+                    nodes,
+                    events,
+                    claim.token,
+                    step.created,
                 )
         if not written:
             raise LeaseLost(execution.id)
