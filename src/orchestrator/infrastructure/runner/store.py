@@ -197,16 +197,6 @@ class RunnerStore:
         async with self._engine.begin() as connection:
             await wake_execution(connection, execution_id, now)
 
-    async def child_parent(self, execution_id: str) -> str | None:
-        """The execution that started this one as a sub-workflow, if one did."""
-        async with self._engine.connect() as connection:
-            parent: str | None = (
-                await connection.execute(
-                    select(executions.c.parent_execution_id).where(executions.c.id == execution_id)
-                )
-            ).scalar_one_or_none()
-        return parent
-
     async def release(self, claim: Claim) -> None:
         """Give the lease up so that any runner can claim the execution at once."""
         async with self._autocommit() as connection:
