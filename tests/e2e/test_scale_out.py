@@ -84,9 +84,10 @@ async def test_takeover_without_restart_within_the_lease(pg_url: str, standin: s
     assert min(report.takeover_s) >= lease - heartbeat - 0.3, summary
     assert max(report.takeover_s) <= lease + 1.5, summary
     assert sorted(report.recoveries.values()).count(1) == orphaned, summary
-    # Only the nodes in flight at the kill were called again.
+    # Only the nodes in flight at the kill were called again, each once more. (At the kill
+    # none may be in flight: the victim's executions can all be between two steps.)
     assert len(report.repeated) <= orphaned, summary
-    assert max(report.repeated.values(), default=1) == 2, summary
+    assert all(count == 2 for count in report.repeated.values()), summary
 
 
 async def test_frozen_replica_is_fenced_after_it_wakes_up(pg_url: str, standin: str) -> None:
