@@ -40,7 +40,6 @@ from orchestrator.presentation.api.middleware import (
     RequestId,
     RequestMetrics,
     RequestSpan,
-    SecurityHeaders,
 )
 from orchestrator.presentation.api.routers import executions, health, workflows
 from orchestrator.presentation.api.routers import metrics as metrics_route
@@ -222,9 +221,7 @@ def create_app(settings: Settings | None = None) -> Any:
         return runtime.services
 
     gateway = Gateway(sio, services, settings.max_subscriptions_per_client, authenticator, metrics)
-    limited: Any = RequestId(
-        SecurityHeaders(RequestMetrics(BodyLimit(api, settings.max_body_bytes), metrics))
-    )
+    limited: Any = RequestId(RequestMetrics(BodyLimit(api, settings.max_body_bytes), metrics))
     if tracing_enabled():
         limited = RequestSpan(limited)
     return socketio.ASGIApp(sio, other_asgi_app=limited, socketio_path="socket.io")

@@ -19,7 +19,7 @@ MAX_REQUEST_ID = 128
 
 class RequestId:
     """Each request's id (its `X-Request-ID`, or a new one) on every log line it causes, and
-    echoed in the answer."""
+    echoed in the answer, with `X-Content-Type-Options: nosniff`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -34,12 +34,28 @@ class RequestId:
 
         async def with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                headers = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                    # A browser never guesses a JSON answer to be something it would run.
+                    (b"x-content-type-options", b"nosniff"),
+                ]
                 message = {**message, "headers": headers}
             await send(message)
 
         with bound(requestId=request_id):
             await self.app(scope, receive, with_id)
+
+
+def _noting_status(send: Send, answered: list[int]) -> Send:
+    """`send`, noting the answer's status in `answered`."""
+
+    async def noting(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            answered.append(message["status"])
+        await send(message)
+
+    return noting
 
 
 class RequestSpan:
@@ -57,12 +73,7 @@ class RequestSpan:
         traceparent = sent.decode("latin-1") if sent is not None else None
         method = scope["method"]
         answered: list[int] = []
-
-        async def noting_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                answered.append(message["status"])
-            await send(message)
-
+        noting_status = _noting_status(send, answered)
         with tracing.request_span(method, scope["path"], traceparent) as span:
             try:
                 await self.app(scope, receive, noting_status)
@@ -84,12 +95,7 @@ class RequestMetrics:
             return
         started = time.perf_counter()
         answered: list[int] = []
-
-        async def noting_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                answered.append(message["status"])
-            await send(message)
-
+        noting_status = _noting_status(send, answered)
         try:
             await self.app(scope, receive, noting_status)
         finally:
@@ -97,32 +103,6 @@ class RequestMetrics:
             self.metrics.http_duration.labels(
                 scope["method"], route, status_class(answered[0] if answered else 500)
             ).observe(time.perf_counter() - started)
-
-
-class SecurityHeaders:
-    """`X-Content-Type-Options: nosniff` on every HTTP answer: a browser never guesses a
-    JSON answer to be something it would run."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {
-                    **message,
-                    "headers": [
-                        *message.get("headers", []),
-                        (b"x-content-type-options", b"nosniff"),
-                    ],
-                }
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
 
 
 class BodyLimit:
