@@ -72,6 +72,23 @@ class Settings(BaseSettings):
     # A user whose token holds ADMIN_CLAIM with ADMIN_VALUE (or a list holding it) reads all.
     admin_claim: str | None = None
     admin_value: str = "admin"
+    # Schedules: how often each runner process looks for due ticks, and how many missed
+    # ticks a schedule with catchUp "all" starts at most after an outage.
+    schedule_poll_ms: int = Field(1000, ge=50, le=60_000)
+    schedule_catch_up_max: int = Field(100, ge=1, le=10_000)
+    # Retention: finished executions older than this many days are deleted (0: kept forever);
+    # their stored events are compacted after EVENT_RETENTION_HOURS (0: never).
+    execution_retention_days: int = Field(30, ge=0, le=36_500)
+    event_retention_hours: int = Field(0, ge=0, le=876_000)
+    retention_interval_seconds: float = Field(300.0, gt=0, le=86_400)
+    retention_batch_size: int = Field(500, ge=1, le=10_000)
+    # Agent progress: POST /internal/* need `Authorization: Bearer <INTERNAL_TOKEN>` when set;
+    # reports of one execution are stored together at most every PROGRESS_FLUSH_MS.
+    internal_token: SecretStr | None = None
+    progress_flush_ms: int = Field(100, ge=10, le=5000)
+    # Prices for budgets in USD per million tokens, as JSON:
+    # {"gpt-4o": {"input": 2.5, "output": 10}, ...}; a model not listed costs nothing.
+    model_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
 
     @field_validator("cors_origin", mode="before")
     @classmethod
@@ -88,6 +105,7 @@ class Settings(BaseSettings):
         "jwt_audience",
         "jwt_issuer",
         "admin_claim",
+        "internal_token",
         mode="before",
     )
     @classmethod
@@ -118,6 +136,17 @@ class Settings(BaseSettings):
                 "AUTH_MODE=jwt needs JWT_SECRET (HS256), JWT_PUBLIC_KEY or JWKS_URL (RS256/ES256)"
             )
         return self
+
+    @field_validator("model_prices")
+    @classmethod
+    def _prices_shape(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for model, price in value.items():
+            unknown = set(price) - {"input", "output"}
+            if unknown or any(p < 0 for p in price.values()):
+                raise ValueError(
+                    f"{model}: each model needs {{input, output}} USD per million tokens, >= 0"
+                )
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -20,7 +20,16 @@ from orchestrator.infrastructure.db.tables import Base, UtcDateTime
 from orchestrator.settings import async_database_url
 from tests.databases import create_database, drop_database, url_for
 
-TABLES = {"workflows", "workflow_versions", "executions", "node_executions", "execution_events"}
+TABLES = {
+    "workflows",
+    "workflow_versions",
+    "executions",
+    "node_executions",
+    "execution_events",
+    "schedules",
+    "webhooks",
+    "templates",
+}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -8,6 +8,7 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     ForeignKey,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -56,6 +58,9 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
         return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
+
+
+FINISHED = "('COMPLETED', 'FAILED', 'CANCELLED')"
 
 
 class Base(DeclarativeBase):
@@ -134,6 +139,17 @@ class ExecutionRow(Base):
     depth: Mapped[int] = mapped_column(Integer, default=0)
     # The W3C `traceparent` of the request that started it (traces on; else NULL).
     trace_parent: Mapped[str | None] = mapped_column(String(55))
+    # Pinned: retention never deletes it.
+    keep: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # What started it when not a person: {type: "schedule" | "webhook", ...}.
+    trigger: Mapped[Any] = mapped_column(Json, nullable=True)
+    # Tokens used, summed over its nodes' attempts (and its sub-workflows): the totals and
+    # `byModel`.
+    usage: Mapped[Any] = mapped_column(Json, nullable=True)
+    # {maxTotalTokens?, maxCostUsd?, onExceed}: past it no node starts.
+    budget: Mapped[Any] = mapped_column(Json, nullable=True)
+    # When its events were compacted (EVENT_RETENTION_HOURS): only the last one is kept.
+    events_compacted_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         ForeignKeyConstraint(
@@ -159,6 +175,21 @@ class ExecutionRow(Base):
             sqlite_where="status IN ('PENDING', 'RUNNING') AND wake_at IS NOT NULL",
         ),
         Index("ix_executions_parent", "parent_execution_id"),
+        # Retention finds the oldest finished executions; usage reads a user's by time.
+        Index(
+            "ix_executions_finished",
+            "completed_at",
+            postgresql_where=f"status IN {FINISHED}",
+            sqlite_where=f"status IN {FINISHED}",
+        ),
+        Index("ix_executions_user_created", "user_id", "created_at"),
+        # Compaction reads the finished executions whose events it has not compacted yet.
+        Index(
+            "ix_executions_uncompacted",
+            "completed_at",
+            postgresql_where=f"status IN {FINISHED} AND events_compacted_at IS NULL",
+            sqlite_where=f"status IN {FINISHED} AND events_compacted_at IS NULL",
+        ),
     )
 
 
@@ -207,8 +238,85 @@ class ExecutionEventRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
+class ScheduleRow(Base):
+    """A cron schedule that starts executions of a workflow; `next_run_at` is the next due
+    tick (NULL while disabled)."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("workflows.id", ondelete="CASCADE")
+    )
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    input: Mapped[Any] = mapped_column(Json, nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    catch_up: Mapped[str] = mapped_column(String(8))
+    next_run_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    last_run_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    last_execution_id: Mapped[str | None] = mapped_column(String(36))
+    # Why the last due tick started nothing (the workflow is archived, ...); NULL if it did.
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        Index("ix_schedules_workflow", "workflow_id"),
+        Index(
+            "ix_schedules_due", "next_run_at", postgresql_where="enabled", sqlite_where="enabled"
+        ),
+    )
+
+
+class WebhookRow(Base):
+    """An HTTP trigger of a workflow: its token is stored only as a SHA-256 digest."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("workflows.id", ondelete="CASCADE")
+    )
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The token's first characters, so that a user can tell tokens apart.
+    token_hint: Mapped[str] = mapped_column(String(16))
+    # The HMAC-SHA256 key of X-Signature-256 (NULL: no signature asked for).
+    secret: Mapped[str | None] = mapped_column(String(200))
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_webhooks_workflow", "workflow_id"),)
+
+
+class TemplateRow(Base):
+    """A user's own template (the built-in ones live in the code)."""
+
+    __tablename__ = "templates"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(String(100))
+    definition: Mapped[Any] = mapped_column(Json)
+    parameters: Mapped[Any] = mapped_column(Json, nullable=True)
+    source_workflow_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_templates_user_created", "user_id", "created_at"),)
+
+
 workflows = cast(Table, WorkflowRow.__table__)
 workflow_versions = cast(Table, WorkflowVersionRow.__table__)
 executions = cast(Table, ExecutionRow.__table__)
 node_executions = cast(Table, NodeExecutionRow.__table__)
 execution_events = cast(Table, ExecutionEventRow.__table__)
+schedules = cast(Table, ScheduleRow.__table__)
+webhooks = cast(Table, WebhookRow.__table__)
+templates = cast(Table, TemplateRow.__table__)
