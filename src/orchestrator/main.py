@@ -21,6 +21,7 @@ from orchestrator.domain.engine import Limits
 from orchestrator.domain.execution import WorkflowExecution
 from orchestrator.domain.values import ValueLimits
 from orchestrator.domain.workflow import Definition
+from orchestrator.infrastructure.bus import Bus, BusSignals, build_bus
 from orchestrator.infrastructure.clients.http import AgentClient, ToolClient, build_http_client
 from orchestrator.infrastructure.clients.retry import TenacityRetrier, retry_conflicts
 from orchestrator.infrastructure.clock import SystemClock
@@ -29,6 +30,7 @@ from orchestrator.infrastructure.db.repositories import SqlUnitOfWork
 from orchestrator.infrastructure.expressions.pool import BoundedEvaluator
 from orchestrator.infrastructure.health import DependencyHealth
 from orchestrator.infrastructure.metrics import Metrics
+from orchestrator.infrastructure.progress import ProgressRelay
 from orchestrator.infrastructure.realtime.publisher import SocketIOPublisher, build_server
 from orchestrator.infrastructure.runner.runner import Runner, RunnerConfig, lease_of, new_owner_id
 from orchestrator.infrastructure.runner.store import RunnerStore
@@ -41,7 +43,7 @@ from orchestrator.presentation.api.middleware import (
     RequestMetrics,
     RequestSpan,
 )
-from orchestrator.presentation.api.routers import executions, health, workflows
+from orchestrator.presentation.api.routers import executions, health, internal, workflows
 from orchestrator.presentation.api.routers import metrics as metrics_route
 from orchestrator.presentation.auth import Authenticator
 from orchestrator.presentation.fair_use import FairUse
@@ -74,6 +76,9 @@ class Runtime:
     runner: Runner | None
     evaluator: BoundedEvaluator | None
     services: ExecutionServices
+    bus: Bus
+    signals: BusSignals
+    progress: ProgressRelay
 
     @classmethod
     async def start(
@@ -92,6 +97,9 @@ class Runtime:
         runner: Runner | None = None
         evaluator: BoundedEvaluator | None = None
         children = Subworkflows(settings.max_subworkflow_depth, settings.auth_mode != "none")
+        # Listening before the runner claims anything: nothing meant for it is missed.
+        bus = build_bus(settings.database_url)
+        await bus.start()
         if with_runner:
             config = RunnerConfig(
                 max_concurrent=settings.max_concurrent_executions,
@@ -103,8 +111,10 @@ class Runtime:
                 limits=Limits(
                     ValueLimits(settings.max_value_depth, settings.max_node_output_bytes),
                     settings.max_execution_state_bytes,
+                    settings.model_prices,
                 ),
                 metrics=metrics,
+                progress_flush_s=settings.progress_flush_ms / 1000,
             )
             evaluator = BoundedEvaluator(
                 timeout_ms=settings.expression_timeout_ms,
@@ -130,7 +140,13 @@ class Runtime:
             store = RunnerStore(engine, new_owner_id(), lease_of(config), metrics)
             runner = Runner(store, work, publisher, clock, config)
             await runner.start()
-        signals: RunnerSignals = runner if runner is not None else NoRunner()
+        # Agents' progress reports reach the runner of their execution, on any replica.
+        progress = ProgressRelay(engine, runner, bus, metrics)
+        local: RunnerSignals = runner if runner is not None else NoRunner()
+        # A cancel or wake-up reaches the runner that holds the execution, on any replica.
+        signals = BusSignals(local, bus)
+        if runner is not None:
+            signals.follow(runner)
         lease_for = runner.lease_for if runner is not None else None
         services = ExecutionServices(
             uow_factory=lambda: SqlUnitOfWork(engine, lease_for),
@@ -142,12 +158,14 @@ class Runtime:
             observer=metrics,
         )
         children.services = services
-        return cls(settings, engine, http, runner, evaluator, services)
+        return cls(settings, engine, http, runner, evaluator, services, bus, signals, progress)
 
     async def stop(self) -> None:
         """Drain the runner, then close connections."""
         if self.runner is not None:
             await self.runner.stop(self.settings.shutdown_grace_seconds)
+        await self.signals.settle()
+        await self.bus.stop()
         if self.evaluator is not None:
             await self.evaluator.close()
         await self.http.aclose()
@@ -183,6 +201,7 @@ def create_app(settings: Settings | None = None) -> Any:
                 agent_service_url=settings.agent_service_url,
                 tool_service_url=settings.tool_service_url,
             ),
+            progress=runtime.progress,
             runner_running=runtime.runner is not None,
             fair_use=FairUse(settings, runtime.engine),
         )
@@ -210,6 +229,8 @@ def create_app(settings: Settings | None = None) -> Any:
         allow_credentials="*" not in settings.cors_origin,
     )
     api.include_router(metrics_route.router)
+    # For agent-service, not browsers: never under API_PREFIX.
+    api.include_router(internal.router)
     for router in (health.router, executions.router, workflows.router):
         api.include_router(router)
         if settings.api_prefix:

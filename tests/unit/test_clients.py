@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -94,8 +95,45 @@ async def test_agent_request_carries_input_metadata_and_idempotency_key(
     assert request.headers["Idempotency-Key"] == "e-1:n-1"
     assert json.loads(request.content) == {
         "input": '{"text":"héllo","n":[1,2]}',
-        "metadata": {"executionId": "e-1", "workflowId": "w-1", "nodeId": "n-1", "userId": "u-1"},
+        "metadata": {
+            "executionId": "e-1",
+            "workflowId": "w-1",
+            "nodeId": "n-1",
+            "userId": "u-1",
+            "attempt": 1,
+        },
     }
+
+
+async def test_a_loop_body_call_names_its_attempt_and_iteration(
+    http: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    route = router.post(AGENT_URL).respond(json=agent_reply())
+
+    await call_agent(http, replace(CTX, attempt=3, iteration=(2, 0)))
+
+    metadata = json.loads(route.calls.last.request.content)["metadata"]
+    assert (metadata["attempt"], metadata["loopIteration"]) == (3, [2, 0])
+
+
+@pytest.mark.parametrize(
+    ("reply", "model"),
+    [
+        ({"tokens": {"totalTokens": 3, "model": "gpt-4o"}}, "gpt-4o"),
+        ({"tokens": 3, "model": "claude"}, "claude"),
+        ({"tokens": {"totalTokens": 3, "model": 7}}, None),
+        ({"tokens": 3, "model": "m" * 101}, None),
+        ({"tokens": 3}, None),
+    ],
+)
+async def test_the_model_a_reply_names_is_kept(
+    http: httpx.AsyncClient, router: respx.MockRouter, reply: dict[str, Any], model: str | None
+) -> None:
+    router.post(AGENT_URL).respond(json={**agent_reply(), **reply})
+
+    answer = await AgentClient(http, AGENT_BASE).execute_agent("a1", "hi", CTX)
+
+    assert answer.model == model
 
 
 async def test_agent_string_input_is_sent_as_is_and_plain_output_kept(

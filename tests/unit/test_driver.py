@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from orchestrator.application.nodes import NodeWork
 from orchestrator.application.ports import CallContext, ExecutionEvent, InvocationError
+from orchestrator.application.progress import thinking_report, token_report
 from orchestrator.domain.engine import CompiledWorkflow, Limits, Step
 from orchestrator.domain.evaluation import Analysis, Job, run
 from orchestrator.domain.execution import ExecutionStatus, NodeStatus, WorkflowExecution
@@ -410,3 +412,52 @@ async def test_transforms_as_the_platform_editor_writes_them() -> None:
 
     assert store.stored.nodes["same"].output == {"delayMs": 300}
     assert store.stored.output == {"value": "300", "n": 1}
+
+
+async def test_progress_reports_are_stepped_together_and_token_updates_coalesce() -> None:
+    gate = asyncio.Event()
+    agents = FakeAgents(writer=[gate])
+    driver, store, _ = driver_for(chain(), agents)
+    task = asyncio.create_task(driver.run())
+    await asyncio.wait_for(agents.running.wait(), 10)
+
+    for out in (1, 2, 3):
+        driver.progress(token_report("a", {"outputTokens": out}, "m", out, None, None))
+    driver.progress(thinking_report("a", 1, "hm", None, None, None, None))
+    await wait_for(lambda: any(ev.name == "node:thinking" for ev in store.events))
+    gate.set()
+    assert await asyncio.wait_for(task, 10) == Outcome.FINISHED
+
+    progress = [ev for ev in store.events if ev.name.startswith("node:t")]
+    # One step for all four: the three token updates as their last one, then the thought.
+    assert [(ev.name, ev.payload.get("outputTokens")) for ev in progress] == [
+        ("node:token-update", 3),
+        ("node:thinking", None),
+    ]
+    assert progress[1].seq == progress[0].seq + 1
+    assert [ev.seq for ev in store.events] == list(range(1, len(store.events) + 1))
+    assert store.stored.usage is not None
+    assert store.stored.usage["totalTokens"] == 3
+
+
+async def test_a_budget_pause_stops_the_call_and_parks_the_execution() -> None:
+    gate = asyncio.Event()
+    agents = FakeAgents(writer=[gate])
+    driver, store, execution = driver_for(chain(), agents)
+    execution.budget = {"maxTotalTokens": 5, "onExceed": "pause"}
+    task = asyncio.create_task(driver.run())
+    await asyncio.wait_for(agents.running.wait(), 10)
+
+    driver.progress(token_report("a", {"outputTokens": 6}, "m", 1, None, None))
+
+    assert await asyncio.wait_for(task, 10) == Outcome.WAITING
+    assert store.stored.paused == "Budget exceeded: 6 tokens used, maxTotalTokens is 5"
+    assert store.stored.nodes["a"].status == NodeStatus.RUNNING  # runs again once raised
+    assert driver.wake_at() is None
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)

@@ -1,21 +1,27 @@
-"""The agent-service and tool-service stand-ins, exercised in process over ASGI."""
+"""The agent-service and tool-service stand-ins, exercised in process (over ASGI, or served by
+uvicorn on loopback where real connections matter)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
-from orchestrator.standins import cli as standins_main
+import orchestrator.standins.cli as standins_main
+from orchestrator.infrastructure.clients.http import usage_of
 from orchestrator.standins.app import create_standin_app
+from tests.processes import free_port
 
 FIXTURE_DELAY_MS = 50
 
@@ -395,3 +401,300 @@ async def test_the_command_line_hands_the_app_to_uvicorn(
     }
     async with _client(served["app"]) as http:
         assert (await http.get("/v1/health")).json() == {"status": "ok"}
+
+
+# --- streaming agents and disconnects, over real HTTP on loopback ------------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+    """Serve `app` with uvicorn in this event loop on a free port: (base URL, server)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await until(lambda: server.started or task.done())
+        assert server.started, "the server did not start"
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll `condition` until it holds (generous deadline)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
+
+
+class Receiver:
+    """The orchestrator's internal routes, recording what was posted to them."""
+
+    def __init__(self, status: int = 202) -> None:
+        self.posts: list[tuple[str, dict[str, Any], str | None]] = []
+        self.app = FastAPI()
+
+        @self.app.post("/internal/{route}")
+        async def receive(route: str, request: Request) -> Response:
+            body = await request.json()
+            self.posts.append((route, body, request.headers.get("authorization")))
+            return Response(status_code=status)
+
+    def bodies(self, route: str) -> list[dict[str, Any]]:
+        return [body for posted, body, _ in self.posts if posted == route]
+
+
+def streaming_request(fields: dict[str, Any], **metadata: Any) -> dict[str, Any]:
+    return {
+        "input": json.dumps(fields),
+        "metadata": {"executionId": "e1", "nodeId": "n1", **metadata},
+    }
+
+
+async def test_streaming_posts_its_progress_then_answers_the_last_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ORCHESTRATOR_URL", raising=False)
+    receiver = Receiver()
+    fields = {"reports": 3, "intervalMs": 10, "model": "m-1", "inputTokens": 4}
+    fields["outputPerReport"] = 5
+    async with serving(receiver.app) as (url, _):
+        app = create_standin_app(orchestrator_url=url + "/", internal_token="s3cret")
+        async with _client(app) as http:
+            response = await http.post(
+                "/api/agents/streaming/execute",
+                json=streaming_request(fields, attempt=2, loopIteration=[1, 0]),
+                headers={"Idempotency-Key": "k-stream"},
+            )
+            [call] = await calls(http, key="k-stream")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "COMPLETED"
+    assert body["output"] == json.dumps(fields)
+    assert body["tokens"] == {
+        "inputTokens": 4,
+        "outputTokens": 15,
+        "totalTokens": 19,
+        "model": "m-1",
+    }
+    assert usage_of(body["tokens"]) == {"inputTokens": 4, "outputTokens": 15, "totalTokens": 19}
+    about = {"executionId": "e1", "nodeId": "n1", "attempt": 2, "loop": [1, 0]}
+    assert receiver.bodies("token-progress") == [
+        {**about, "inputTokens": 4, "outputTokens": 5 * n, "totalTokens": 4 + 5 * n}
+        | {"model": "m-1", "iteration": n}
+        for n in (1, 2, 3)
+    ]
+    steps = receiver.bodies("thinking-step")
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert all({**s, **about} == s and s["thought"] for s in steps)
+    assert [("plan" in s, "toolCalls" in s) for s in steps] == [
+        (True, False),
+        (False, True),
+        (False, False),
+    ]
+    assert {auth for *_, auth in receiver.posts} == {"Bearer s3cret"}
+    # Reports and steps alternate, and the call log keeps each with the answer it got.
+    assert [r for r, *_ in receiver.posts] == ["token-progress", "thinking-step"] * 3
+    assert [(r["route"], r["body"], r["status"]) for r in call["reports"]] == [
+        (route, body, 202) for route, body, _ in receiver.posts
+    ]
+    assert call["disconnectedAt"] is None
+
+
+async def test_streaming_without_a_url_reports_nothing_and_just_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ORCHESTRATOR_URL", raising=False)
+    async with _client(create_standin_app()) as http:
+        started = time.perf_counter()
+        response = await http.post(
+            "/api/agents/streaming/execute",
+            json=streaming_request({"reports": 4, "intervalMs": 30}),
+            headers={"Idempotency-Key": "quiet"},
+        )
+        [call] = await calls(http, key="quiet")
+
+    assert time.perf_counter() - started >= 0.12
+    assert response.json()["tokens"] == {
+        "inputTokens": 10,
+        "outputTokens": 28,
+        "totalTokens": 38,
+        "model": "standin-model",
+    }
+    assert call["reports"] == []
+
+
+async def test_the_progress_url_comes_from_the_environment_or_the_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from_env, from_input = Receiver(), Receiver()
+    async with serving(from_env.app) as (env_url, _), serving(from_input.app) as (input_url, _):
+        monkeypatch.setenv("ORCHESTRATOR_URL", env_url)
+        monkeypatch.setenv("STANDIN_INTERNAL_TOKEN", "from-env")
+        async with _client(create_standin_app()) as http:
+            quiet = {"reports": 2, "intervalMs": 0, "thinking": False}
+            await http.post("/api/agents/streaming/execute", json=streaming_request(quiet))
+            await http.post(
+                "/api/agents/streaming/execute",
+                json=streaming_request({**quiet, "progressUrl": input_url}),
+            )
+
+    assert [(r, b["iteration"], a) for r, b, a in from_env.posts] == [
+        ("token-progress", 1, "Bearer from-env"),
+        ("token-progress", 2, "Bearer from-env"),
+    ]
+    assert [(r, b["iteration"]) for r, b, _ in from_input.posts] == [
+        ("token-progress", 1),
+        ("token-progress", 2),
+    ]
+    assert "attempt" not in from_env.posts[0][1], "only what the metadata has is echoed"
+
+
+async def test_a_report_that_cannot_be_posted_is_logged_and_the_call_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("STANDIN_INTERNAL_TOKEN", raising=False)
+    refusing = Receiver(status=401)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    async with (
+        serving(refusing.app) as (url, _),
+        _client(create_standin_app(orchestrator_url=url)) as http,
+    ):
+        fields = {"reports": 1, "intervalMs": 0, "thinking": False}
+        refused = await http.post(
+            "/api/agents/streaming/execute",
+            json=streaming_request(fields),
+            headers={"Idempotency-Key": "refused"},
+        )
+        unreachable = await http.post(
+            "/api/agents/streaming/execute",
+            json=streaming_request({**fields, "progressUrl": nobody}),
+            headers={"Idempotency-Key": "unreachable"},
+        )
+        [refused_call] = await calls(http, key="refused")
+        [unreachable_call] = await calls(http, key="unreachable")
+
+    assert refused.status_code == unreachable.status_code == 200
+    assert refusing.posts[0][2] is None, "no token, no Authorization header"
+    assert refused_call["reports"][0]["status"] == 401
+    [report] = unreachable_call["reports"]
+    assert (report["status"], report["error"]) == (None, "ConnectError")
+
+
+async def test_streaming_flaky_fails_after_its_reports_then_succeeds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ORCHESTRATOR_URL", raising=False)
+    receiver = Receiver()
+    fields = {"reports": 2, "intervalMs": 0, "failTimes": 1, "thinking": False}
+    async with (
+        serving(receiver.app) as (url, _),
+        _client(create_standin_app(orchestrator_url=url)) as http,
+    ):
+        attempts = [
+            await http.post(
+                "/api/agents/streaming-flaky/execute",
+                json=streaming_request(fields),
+                headers={"Idempotency-Key": "sf"},
+            )
+            for _ in range(2)
+        ]
+
+    assert [a.status_code for a in attempts] == [503, 200]
+    assert attempts[0].json() == {"message": "flaky failure 1 of 1"}
+    assert attempts[1].json()["tokens"]["outputTokens"] == 14
+    # The failed attempt streamed its reports first: each attempt counts from zero.
+    assert [b["outputTokens"] for b in receiver.bodies("token-progress")] == [7, 14, 7, 14]
+
+
+async def test_tools_named_like_streaming_agents_echo(client: httpx.AsyncClient) -> None:
+    for tool_id in ("streaming", "streaming-flaky"):
+        response = await run_tool(client, tool_id, {"reports": 2})
+        assert response.json()["data"] == {"reports": 2}
+
+
+async def test_a_streaming_call_stops_reporting_when_its_client_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ORCHESTRATOR_URL", raising=False)
+    receiver = Receiver()
+    fields = {"reports": 1000, "intervalMs": 20}
+    async with (
+        serving(receiver.app) as (url, _),
+        serving(create_standin_app(orchestrator_url=url)) as (standin, _),
+        httpx.AsyncClient(base_url=standin, timeout=30) as http,
+    ):
+        call = asyncio.create_task(
+            http.post(
+                "/api/agents/streaming/execute",
+                json=streaming_request(fields),
+                headers={"Idempotency-Key": "gone"},
+            )
+        )
+        await until(lambda: len(receiver.bodies("token-progress")) >= 2)
+        call.cancel()  # closes the connection
+        left_at = datetime.now(UTC)
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+
+        logged = await wait_logged(http, "gone")
+        posted = len(receiver.posts)
+        await asyncio.sleep(0.2)  # nothing is reported after the call was logged
+
+    assert len(receiver.posts) == posted
+    assert logged["status"] == 499
+    assert logged["disconnectedAt"] is not None
+    assert abs(seconds_between(left_at.isoformat(), logged["disconnectedAt"])) < 0.5
+    assert len(logged["reports"]) == posted < 2 * 1000
+
+
+async def test_a_slow_call_ends_when_its_client_goes(client: httpx.AsyncClient) -> None:
+    async with (
+        serving(create_standin_app()) as (standin, _),
+        httpx.AsyncClient(base_url=standin, timeout=30) as http,
+    ):
+        slow = {"toolId": "slow", "parameters": {"delayMs": 30_000}}
+        call = asyncio.create_task(
+            http.post("/tools/execute", json=slow, headers={"Idempotency-Key": "slow-gone"})
+        )
+        await wait_in_flight(http, "slow-gone")
+        call.cancel()
+        left_at = datetime.now(UTC)
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+
+        logged = await wait_logged(http, "slow-gone")
+        assert (await http.get("/_inflight")).json() == {"calls": []}
+
+    assert logged["status"] == 499
+    assert abs(seconds_between(left_at.isoformat(), logged["disconnectedAt"])) < 0.5
+    assert seconds_between(logged["receivedAt"], logged["answeredAt"]) < 5
+
+
+async def wait_in_flight(http: httpx.AsyncClient, key: str) -> dict[str, Any]:
+    """Poll /_inflight until the call with this key is being answered."""
+    deadline = time.monotonic() + 15
+    while True:
+        found = (await http.get("/_inflight", params={"key": key})).json()["calls"]
+        if found:
+            entry: dict[str, Any] = found[0]
+            return entry
+        assert time.monotonic() < deadline, f"{key} never arrived"
+        await asyncio.sleep(0.01)
+
+
+async def wait_logged(http: httpx.AsyncClient, key: str) -> dict[str, Any]:
+    """Poll /_calls until the call with this key is logged (it ended)."""
+    deadline = time.monotonic() + 15
+    while True:
+        found = await calls(http, key=key)
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"{key} was never logged"
+        await asyncio.sleep(0.01)

@@ -17,6 +17,7 @@ from orchestrator.domain.execution import (
     ExecutionErrored,
     ExecutionUpdated,
     NodeExecution,
+    NodeProgressed,
     NodeStatus,
     NodeUpdated,
     WorkflowExecution,
@@ -60,7 +61,37 @@ def _render(
                 "timestamp": iso(at),
             }
             return ExecutionEvent(execution.id, seq, "execution:error", payload)
+        case NodeProgressed():
+            return _progress(execution, event, names)
     raise TypeError(event)
+
+
+TOKEN_FIELDS = ("inputTokens", "outputTokens", "totalTokens", "model", "iteration")
+THINKING_FIELDS = ("step", "thought", "plan", "toolCalls", "truncated")
+
+
+def _progress(
+    execution: WorkflowExecution, event: NodeProgressed, names: Mapping[str, str]
+) -> ExecutionEvent:
+    """`node:token-update` or `node:thinking`: the agent's report, with the node's name, the
+    attempt it is about (a client drops a node's partial progress when a new attempt starts)
+    and, in a loop body, the iteration path as `loopIteration`."""
+    tokens = event.kind == "tokens"
+    payload: dict[str, Any] = {
+        "executionId": execution.id,
+        "nodeId": event.node_id,
+        "nodeName": names.get(event.node_id, event.node_id),
+    }
+    for name in TOKEN_FIELDS if tokens else THINKING_FIELDS:
+        if name in event.data:
+            payload[name] = event.data[name]
+    payload["attempt"] = event.attempt
+    if event.iteration:
+        payload["loopIteration"] = list(event.iteration)
+    payload["seq"] = event.seq
+    payload["timestamp"] = iso(event.at)
+    name = "node:token-update" if tokens else "node:thinking"
+    return ExecutionEvent(execution.id, event.seq, name, payload)
 
 
 def node_update(

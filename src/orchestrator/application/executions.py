@@ -69,6 +69,8 @@ def _new_execution(
     node_input: Any,
     user_id: str | None,
     idempotency_key: str | None,
+    trigger: dict[str, Any] | None = None,
+    budget: dict[str, Any] | None = None,
 ) -> WorkflowExecution:
     now = services.clock.now()
     return WorkflowExecution(
@@ -83,6 +85,8 @@ def _new_execution(
         deadline_at=now + dt.timedelta(seconds=services.execution_timeout_s),
         nodes=initial_nodes(definition),
         idempotency_key=idempotency_key,
+        trigger=trigger,
+        budget=budget,
     )
 
 
@@ -104,12 +108,16 @@ async def execute_workflow(
     idempotency_key: str | None,
     disabled_node_types: Collection[str] = (),
     trace_parent: str | None = None,
+    trigger: dict[str, Any] | None = None,
+    budget: dict[str, Any] | None = None,
 ) -> WorkflowExecution:
     """Start an execution of the workflow's current version; it runs in the background.
 
     The same Idempotency-Key gives back the execution it started the first time. A current
     version with a node of one of `disabled_node_types` is refused, naming those nodes.
     `trace_parent` (a W3C traceparent) is stored with it: the spans of its steps nest there.
+    `trigger` says what started it (a schedule, a webhook); `budget` bounds its tokens and
+    cost (None: the workflow's own budget, if it has one).
     """
     key = scoped_key(caller.user_id, idempotency_key)
     async with services.uow_factory() as uow:
@@ -119,7 +127,14 @@ async def execute_workflow(
         workflow.ensure_executable()
         workflow.definition.ensure_types_enabled(disabled_node_types)
         candidate = _new_execution(
-            services, workflow.id, workflow.definition, node_input, caller.user_id, key
+            services,
+            workflow.id,
+            workflow.definition,
+            node_input,
+            caller.user_id,
+            key,
+            trigger,
+            budget if budget is not None else workflow.definition.budget,
         )
         candidate.trace_parent = trace_parent
         execution = await uow.executions.add(candidate)
@@ -219,6 +234,41 @@ async def cancel_execution(services: ExecutionServices, execution_id: str, calle
     for child_id in children:
         with contextlib.suppress(Conflict):  # it finished in the meantime
             await cancel_execution(services, child_id, ANYONE)
+
+
+async def raise_budget(
+    services: ExecutionServices, execution_id: str, budget: dict[str, Any], caller: Caller
+) -> WorkflowExecution:
+    """Give an execution paused by its budget a new one; it goes on at once if the new budget
+    allows (else it stays paused). Conflict unless it is paused."""
+
+    async def attempt() -> tuple[WorkflowExecution, list[ExecutionEvent]]:
+        async with services.uow_factory() as uow:
+            execution = await uow.executions.get(execution_id)
+            if execution is None or not caller.may_change(execution.user_id):
+                raise NotFound("Execution", execution_id)
+            if execution.paused is None:
+                raise Conflict(
+                    f"Execution {execution_id} is {execution.status} and not paused by its "
+                    "budget: only a paused execution's budget can be changed"
+                )
+            previous_seq = execution.last_seq
+            definition = await uow.workflows.definition(
+                execution.workflow_id, execution.workflow_version
+            )
+            names = {} if definition is None else definition.display_names()
+            now = services.clock.now()
+            events = render(execution, execution.set_budget(budget, now), names)
+            if not await uow.executions.write_step(execution, previous_seq, [], events):
+                raise ConcurrentChange(f"Execution {execution_id} changed meanwhile")
+            await uow.executions.wake(execution_id, now)
+            await uow.commit()
+            return execution, events
+
+    execution, events = await services.retry_conflicts(attempt)
+    services.signals.woken(execution_id)
+    await services.publisher.publish(events)
+    return execution
 
 
 async def resume_node(
@@ -334,7 +384,7 @@ class Subworkflows:
             child = await uow.executions.get(execution_id)
         if child is None:
             return None
-        return ChildResult(child.status, child.output, child.error)
+        return ChildResult(child.status, child.output, child.error, child.usage)
 
 
 async def retry_execution(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +24,7 @@ from orchestrator.application.ports import (
     Retrier,
     ToolInvoker,
 )
+from orchestrator.domain import usage as tokens
 from orchestrator.domain.engine import (
     DEFAULT_HANDLE,
     TIMEOUT_HANDLE,
@@ -256,16 +258,19 @@ class NodeWork:
             result = await self._children.result(child_id)
             if result is None or not result.status.terminal:
                 return NodeWaiting(key, node_input, state, for_input=False)
+            used = tokens.parse(result.usage)  # the child's tokens roll up to this node
             if result.status != ExecutionStatus.COMPLETED:
                 return NodeFailed(
                     key,
                     node_input,
                     f"sub-workflow execution {child_id} ended {result.status}: {result.error}",
+                    used,
                 )
             output = result.output
             if isinstance(output, dict):
                 output = {**output, **{k: v for k, v in state.items() if k.startswith("_")}}
-            return await self._succeed(workflow, execution, key, node_input, output)
+            succeeded = await self._succeed(workflow, execution, key, node_input, output)
+            return replace(succeeded, usage=used)
         config = workflow.nodes[node.node_id].config
         child = await self._children.start(
             execution, key, config["workflowId"], config.get("version"), node_input
@@ -303,6 +308,8 @@ class NodeWork:
             user_id=execution.user_id,
             idempotency_key=idempotency_key(execution.id, current) + suffix,
             timeout_s=timeout_ms / 1000 if timeout_ms else None,
+            attempt=start.attempt,
+            iteration=current.iteration,
         )
         if node.type == NodeType.AGENT:
             agent_id = node.config["agentId"]
@@ -321,6 +328,8 @@ class NodeWork:
         failures: list[str] = []
 
         async def on_attempt(number: int) -> None:
+            nonlocal ctx
+            ctx = replace(ctx, attempt=number)
             if number != start.attempt:  # that one was recorded by the step that started it
                 await report(AttemptStarted(key, number, failures[-1] if failures else None))
 
@@ -339,8 +348,9 @@ class NodeWork:
         output = await self._retrier.run(call, policy, start.attempt, on_attempt, on_failure)
         usage = None
         if isinstance(output, AgentAnswer):  # an agent's, with the tokens it used
-            earlier = (current.state or {}).get("usage") if questions else None
-            output, usage = output.output, add_usage(earlier, output.usage)
+            earlier = tokens.normalize((current.state or {}).get("usage")) if questions else None
+            reply = tokens.of_counts(output.usage, output.model)
+            output, usage = output.output, tokens.add(earlier, reply)
         question = _question(output) if node.config.get("allowAskUser") is True else None
         if question is None:
             routes = await self._routes(workflow, execution, key, output, None)
@@ -396,13 +406,6 @@ class NodeWork:
             if await self._evaluator.evaluate(*work):
                 taken.append(edge_id)
         return taken
-
-
-def add_usage(a: dict[str, int] | None, b: dict[str, int] | None) -> dict[str, int] | None:
-    """Token counts added up, field by field."""
-    if a is None or b is None:
-        return a or b
-    return {name: a.get(name, 0) + b.get(name, 0) for name in {*a, *b}}
 
 
 def _same(case: Any, value: Any) -> bool:

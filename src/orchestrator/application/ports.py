@@ -35,7 +35,10 @@ class InvocationError(Exception):
 
 @dataclass(frozen=True)
 class CallContext:
-    """Who is calling: sent as metadata, and the idempotency key of every attempt of a node."""
+    """Who is calling: sent as metadata, and the idempotency key of every attempt of a node.
+
+    `attempt` (1-based) and `iteration` (the loop iteration path, empty outside loops) let an
+    agent's progress reports name the node execution they are about."""
 
     execution_id: str
     workflow_id: str
@@ -43,15 +46,18 @@ class CallContext:
     user_id: str | None
     idempotency_key: str
     timeout_s: float | None
+    attempt: int = 1
+    iteration: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class AgentAnswer:
     """An agent's answer, and the tokens it says it used (`usage`, when it reported them:
-    `inputTokens`, `outputTokens`, `totalTokens`)."""
+    `inputTokens`, `outputTokens`, `totalTokens`) with which `model`, when it said."""
 
     output: Any
     usage: dict[str, int] | None = None
+    model: str | None = None
 
 
 class AgentInvoker(Protocol):
@@ -81,11 +87,12 @@ class ChildRef:
 
 @dataclass(frozen=True)
 class ChildResult:
-    """How a sub-workflow's execution stands."""
+    """How a sub-workflow's execution stands, and the tokens it used (its shown usage)."""
 
     status: ExecutionStatus
     output: Any
     error: str | None
+    usage: dict[str, Any] | None = None
 
 
 class ChildRefused(Exception):

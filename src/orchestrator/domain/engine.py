@@ -11,10 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import graphlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.domain import usage as tokens
 from orchestrator.domain.evaluation import Analysis, Job, JobKind, analyze
 from orchestrator.domain.execution import (
     DomainEvent,
@@ -31,6 +32,8 @@ from orchestrator.domain.values import ValueLimits, ValueTooLarge, json_size
 from orchestrator.domain.workflow import Definition, Edge, Node, NodeType
 
 _DONE = frozenset({NodeStatus.COMPLETED, NodeStatus.SKIPPED})
+# How long after its node completed a progress report is still relayed (see reported_node).
+LATE_GRACE = dt.timedelta(seconds=2)
 _PASS_THROUGH = frozenset({NodeType.START, NodeType.END, NodeType.TRANSFORM})
 BRANCH_HANDLES = ("true", "false")
 
@@ -43,6 +46,8 @@ class Limits:
 
     values: ValueLimits = field(default_factory=ValueLimits)
     max_state_bytes: int = 16_777_216
+    # USD per million tokens, {model: {input, output}}: what a budget's maxCostUsd counts.
+    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 class CompiledWorkflow:
@@ -418,22 +423,43 @@ class InputResolved:
 @dataclass(frozen=True)
 class NodeSucceeded:
     """A node's work finished with `output`; `routes` are the outgoing edges it takes;
-    `usage` the tokens an agent reported."""
+    `usage` the tokens its attempt used in all, as the agent (or sub-workflow) says."""
 
     key: str
     input: Any
     output: Any
     routes: list[str]
-    usage: dict[str, int] | None = None
+    usage: tokens.Usage | None = None
 
 
 @dataclass(frozen=True)
 class NodeFailed:
-    """A node's work failed for good."""
+    """A node's work failed for good (`usage`: what a failed sub-workflow used)."""
 
     key: str
     input: Any
     error: str
+    usage: tokens.Usage | None = None
+
+
+@dataclass(frozen=True)
+class ProgressReport:
+    """What an agent reported while node `node_id` ran: `kind` "tokens" (`data`: its counts
+    so far in this attempt and `model`) or "thinking" (`data`: step, thought, plan, toolCalls).
+    `attempt` and `loop` (the iteration path) say which node execution, when the agent knows."""
+
+    kind: str
+    node_id: str
+    data: dict[str, Any]
+    attempt: int | None = None
+    loop: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Progressed:
+    """Progress reports of running nodes, in the order they came."""
+
+    reports: tuple[ProgressReport, ...]
 
 
 @dataclass(frozen=True)
@@ -506,6 +532,7 @@ Happening = (
     | LoopItems
     | LoopDecided
     | Stopped
+    | Progressed
 )
 
 
@@ -534,6 +561,8 @@ class Step:
     execution_changed: bool = False
     # Keys of the node executions this step made (an iteration's): stored new, not updated.
     created: set[str] = field(default_factory=set)
+    # Progress reports dropped: their node was not running (late, duplicate, unknown).
+    dropped: int = 0
 
 
 def advance(
@@ -552,6 +581,26 @@ def advance(
         step.apply(happening)
         step.settle()
     return step.result
+
+
+def budget_exceeded(
+    execution: WorkflowExecution, prices: Mapping[str, Mapping[str, float]]
+) -> str | None:
+    """Why the execution is past its budget (None when it is not, or has none)."""
+    budget = execution.budget
+    if not budget:
+        return None
+    used = tokens.parse(execution.usage)
+    max_tokens = budget.get("maxTotalTokens")
+    total = tokens.totals(used)["totalTokens"]
+    if isinstance(max_tokens, int) and total > max_tokens:
+        return f"Budget exceeded: {total} tokens used, maxTotalTokens is {max_tokens}"
+    max_cost = budget.get("maxCostUsd")
+    if isinstance(max_cost, int | float):
+        cost = tokens.cost_usd(used, prices)
+        if cost > max_cost:
+            return f"Budget exceeded: ${cost:.6f} used, maxCostUsd is {max_cost} (MODEL_PRICES)"
+    return None
 
 
 def wait_deadline(node: NodeExecution) -> dt.datetime | None:
@@ -580,6 +629,8 @@ class _Stepper:
         self.limits = limits
         self.result = Step(previous_seq=execution.last_seq)
         self.pending: list[Scope] = []
+        # The node execution whose tokens changed last in this step.
+        self.spent: str | None = None
 
     def record(self, events: list[DomainEvent], *keys: str) -> None:
         self.result.events += events
@@ -601,15 +652,20 @@ class _Stepper:
                 self.record(ex.set_input(key, node_input, now), key)
             case NodeSucceeded(key, node_input, output, routes, usage):
                 ex.nodes[key].input = node_input
-                ex.nodes[key].usage = usage
+                self.used(key, usage)
                 if self.complete(key, output, routes):
                     self.pending.append(self.scope_of(key))
-            case NodeFailed(key, node_input, error):
+            case NodeFailed(key, node_input, error, usage):
                 ex.nodes[key].input = node_input
+                self.used(key, usage)
                 self.fail(error, key)
+            case Progressed(reports):
+                for report in reports:
+                    self.progressed(report)
             case NodeWaiting(key, node_input, state, for_input):
                 node = ex.nodes[key]
                 node.input = node_input
+                self.used(key, tokens.normalize(state.get("usage")))
                 if node.state != state or node.status != NodeStatus.RUNNING:
                     timeout_ms = self.workflow.nodes[node.node_id].config.get("timeoutMs")
                     if for_input and node.node_type == NodeType.PROMPT and timeout_ms:
@@ -623,6 +679,99 @@ class _Stepper:
             case Stopped(message):
                 self.fail(message, None)
 
+    def used(self, key: str, used: tokens.Usage | None) -> None:
+        """The attempt's usage in all, as its end says; without one, what the progress
+        reports said stands. A reply that names no model takes the one the reports named."""
+        if not used:
+            return
+        node = self.execution.nodes[key]
+        reported = node.attempts[-1].usage if node.attempts else None
+        if set(used) == {tokens.UNKNOWN_MODEL} and reported and len(reported) == 1:
+            used = {next(iter(reported)): used[tokens.UNKNOWN_MODEL]}
+        if self.execution.record_usage(key, used):
+            self.result.nodes[key] = node
+            self.result.execution_changed = True
+            self.spent = key
+
+    def progressed(self, report: ProgressReport) -> None:
+        """Relay a report as an event of the node it is about; counted in, for tokens, while
+        the node runs (once it has ended, its reply's tokens are the final word)."""
+        ex = self.execution
+        found = self.reported_node(report)
+        if found is None:
+            self.result.dropped += 1
+            return
+        key, running = found
+        node = ex.nodes[key]
+        changed: tuple[str, ...] = ()
+        if report.kind == "tokens" and running:
+            earlier = tokens.normalize((node.state or {}).get("usage"))  # asked the user before
+            model = report.data.get("model")
+            now_used = tokens.add(earlier, tokens.of_counts(report.data, model))
+            if ex.record_usage(key, now_used):
+                changed = (key,)
+                self.spent = key
+        self.record(ex.progressed(key, report.kind, report.data, self.now), *changed)
+
+    def reported_node(self, report: ProgressReport) -> tuple[str, bool] | None:
+        """The node execution a report is about, and whether it runs: the one of its loop
+        iteration and attempt when the report says, else the only one of its node that runs.
+
+        A node that completed within LATE_GRACE still takes reports of its last attempt: one
+        that travelled between processes may arrive just after the agent's reply did.
+        """
+        ex = self.execution
+        if report.loop is not None:
+            candidates = [node_key(report.node_id, report.loop)]
+        else:
+            candidates = [report.node_id]
+            if self.workflow.loop_of.get(report.node_id) is not None:
+                candidates = [
+                    k
+                    for k, n in ex.nodes.items()
+                    if n.node_id == report.node_id and n.status == NodeStatus.RUNNING
+                ]
+        found = [k for k in candidates if k in ex.nodes]
+        if len(found) != 1:
+            return None
+        node = ex.nodes[found[0]]
+        if report.attempt is not None and report.attempt != node.retry_count + 1:
+            return None
+        if node.status == NodeStatus.RUNNING and node.waiting is None:
+            return found[0], True
+        ended = node.completed_at
+        if node.status == NodeStatus.COMPLETED and ended and self.now - ended <= LATE_GRACE:
+            return found[0], False
+        return None
+
+    def budget_holds(self) -> bool:
+        """Past its budget no node starts: the execution FAILS (at the running node whose
+        tokens took it past, which is stopped), or with onExceed "pause" it waits until the
+        budget is raised; False then."""
+        ex = self.execution
+        exceeded = budget_exceeded(ex, self.limits.prices)
+        if exceeded is None or ex.finished:
+            return True
+        if (ex.budget or {}).get("onExceed") == "pause":
+            self.pause(exceeded)
+            return False
+        key = self.spent
+        if key is not None and ex.nodes[key].status == NodeStatus.RUNNING:
+            self.fail(exceeded, key)
+        else:
+            after = "" if key is None else f" (after node {ex.nodes[key].node_id})"
+            self.fail(exceeded + after, None)
+        return False
+
+    def pause(self, reason: str) -> None:
+        """Stop starting nodes; those in flight are abandoned and run again once the budget
+        is raised. The execution waits (its EXECUTION_TIMEOUT clock stops)."""
+        ex = self.execution
+        if ex.paused is None:
+            self.record(ex.pause(reason, self.now))
+        self.result.starts.clear()
+        self.pending.clear()
+
     def began(self, routes: dict[str, list[str]]) -> None:
         ex, now = self.execution, self.now
         for key, taken in routes.items():
@@ -630,6 +779,10 @@ class _Stepper:
             self.record([], key)
         if ex.status == ExecutionStatus.PENDING:
             self.record(ex.begin(now))
+        if ex.paused is not None and budget_exceeded(ex, self.limits.prices) is not None:
+            return  # still past its budget: it waits on
+        if ex.paused is not None:
+            self.record(ex.unpause(now))
         if ex.waiting_since is not None:
             ex.resume_waiting(now)
             self.result.execution_changed = True
@@ -829,6 +982,8 @@ class _Stepper:
         """Progress every scope that changed; then finish the execution, or note that it
         waits, or fail it if it can go no further."""
         ex = self.execution
+        if ex.paused is not None or not self.budget_holds():
+            return
         while self.pending and not ex.finished:
             self.progress(*self.pending.pop())
         if ex.finished:

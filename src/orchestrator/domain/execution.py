@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from orchestrator.domain import usage as tokens
 from orchestrator.domain.errors import Conflict, IllegalTransition, NotFound
 from orchestrator.domain.workflow import NodeType
 
@@ -99,12 +100,14 @@ def check_node_transition(node_id: str, old: NodeStatus, new: NodeStatus) -> Non
 
 @dataclass(frozen=True)
 class Attempt:
-    """One call of a node; `error` is set when it failed."""
+    """One call of a node; `error` is set when it failed; `usage` is the tokens it used, by
+    model (reported while it runs, then as the agent's reply says)."""
 
     number: int
     started_at: dt.datetime
     completed_at: dt.datetime | None = None
     error: str | None = None
+    usage: tokens.Usage | None = None
 
 
 @dataclass
@@ -149,8 +152,8 @@ class NodeExecution:
     answer: Any = None
     # Order of the node executions of an execution (creation order).
     position: int = 0
-    # The tokens an agent reported: inputTokens, outputTokens, totalTokens (those it gave).
-    usage: dict[str, int] | None = None
+    # The tokens its attempts used: inputTokens, outputTokens, totalTokens and byModel.
+    usage: dict[str, Any] | None = None
     # A loop's iterations, found once per load (not stored).
     progress: LoopProgress | None = field(default=None, compare=False, repr=False)
     # Bytes of the output as JSON, once measured (not stored: measured again after a load).
@@ -183,8 +186,8 @@ class NodeExecution:
         self.move(NodeStatus.RUNNING, now)
         self.retry_count = number - 1
         if self.attempts and self.attempts[-1].number == number:
-            # The same attempt again after a restart: it keeps its number and key.
-            self.attempts[-1] = Attempt(number, now)
+            # The same attempt again after a restart: it keeps its number, key and usage.
+            self.attempts[-1] = Attempt(number, now, usage=self.attempts[-1].usage)
         else:
             self.attempts.append(Attempt(number, now))
 
@@ -234,7 +237,21 @@ class ExecutionErrored:
     message: str
 
 
-DomainEvent = NodeUpdated | ExecutionUpdated | ExecutionErrored
+@dataclass(frozen=True)
+class NodeProgressed:
+    """An agent reported progress on a running node: `kind` "tokens" (its counts so far in
+    this attempt) or "thinking" (a step of its reasoning); `data` is the report."""
+
+    seq: int
+    at: dt.datetime
+    node_id: str
+    iteration: tuple[int, ...]
+    attempt: int
+    kind: str
+    data: dict[str, Any]
+
+
+DomainEvent = NodeUpdated | ExecutionUpdated | ExecutionErrored | NodeProgressed
 
 
 @dataclass
@@ -272,6 +289,15 @@ class WorkflowExecution:
     waiting_since: dt.datetime | None = None
     # The W3C `traceparent` of the request that started it: its steps' spans nest under it.
     trace_parent: str | None = None
+    # What started it when not a person: {type: "schedule", scheduleId, scheduledFor} or
+    # {type: "webhook", webhookId}.
+    trigger: dict[str, Any] | None = None
+    # Pinned: retention never deletes it (not changed by steps).
+    keep: bool = False
+    # Tokens used by its nodes' attempts (and its sub-workflows), see domain/usage.py.
+    usage: dict[str, Any] | None = None
+    # {maxTotalTokens?, maxCostUsd?, onExceed: "fail" | "pause"}: set when it starts.
+    budget: dict[str, Any] | None = None
     # Bytes of the completed nodes' outputs, once measured (not stored).
     output_bytes: int | None = field(default=None, compare=False, repr=False)
 
@@ -395,6 +421,66 @@ class WorkflowExecution:
             f"Several iterations of node {node_id} wait: name one with `iteration` "
             f"({', '.join(str(list(n.iteration)) for n in waiting)})"
         )
+
+    def record_usage(self, key: str, used: tokens.Usage | None) -> bool:
+        """The current attempt of node `key` used `used` in all: the node's and the
+        execution's sums change by the difference (so each token is counted once); False when
+        nothing changed."""
+        node = self.nodes[key]
+        if not node.attempts:
+            return False
+        last = node.attempts[-1]
+        if last.usage == used:
+            return False
+        node.attempts[-1] = replace(last, usage=used)
+        delta = tokens.subtract(used, last.usage)
+        node.usage = tokens.summary(tokens.add(tokens.parse(node.usage), delta))
+        mine = tokens.parse(self.usage)
+        self.usage = tokens.summary(tokens.add(mine, delta))
+        return True
+
+    @property
+    def paused(self) -> str | None:
+        """Why it waits for its budget to be raised (None: it does not)."""
+        reason = (self.budget or {}).get("pausedBecause")
+        return reason if isinstance(reason, str) else None
+
+    def pause(self, reason: str, now: dt.datetime) -> list[DomainEvent]:
+        """Past its budget with onExceed "pause": nothing runs until it is raised; nobody
+        works meanwhile, so EXECUTION_TIMEOUT's clock stops."""
+        self.budget = {**(self.budget or {}), "pausedBecause": reason, "pausedAt": now.isoformat()}
+        if self.waiting_since is None:
+            self.waiting_since = now
+        self.updated_at = now
+        return [self._updated(now)]
+
+    def unpause(self, now: dt.datetime) -> list[DomainEvent]:
+        """The budget was raised: work goes on."""
+        self.budget = {
+            k: v for k, v in (self.budget or {}).items() if k not in ("pausedBecause", "pausedAt")
+        }
+        self.updated_at = now
+        return [self._updated(now)]
+
+    def set_budget(self, budget: dict[str, Any] | None, now: dt.datetime) -> list[DomainEvent]:
+        """A person changed the budget (a paused execution goes on when it is claimed next, if
+        the new budget allows)."""
+        if self.finished:
+            raise Conflict(f"Execution {self.id} is already {self.status}")
+        kept = {k: v for k, v in (self.budget or {}).items() if k in ("pausedBecause", "pausedAt")}
+        self.budget = {**(budget or {}), **kept} or None
+        self.updated_at = now
+        return [self._updated(now)]
+
+    def progressed(
+        self, key: str, kind: str, data: dict[str, Any], now: dt.datetime
+    ) -> list[DomainEvent]:
+        """A progress report on running node `key`, as an event of its own."""
+        node = self.nodes[key]
+        event = NodeProgressed(
+            self._seq(), now, node.node_id, node.iteration, node.retry_count + 1, kind, data
+        )
+        return [event]
 
     def resume_waiting(self, now: dt.datetime) -> None:
         """Work goes on after a wait: EXECUTION_TIMEOUT's clock runs again where it stopped."""

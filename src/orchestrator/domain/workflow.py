@@ -94,6 +94,9 @@ class Definition:
     version: int = 1
     input_schema: dict[str, Any] | None = None
     output_schema: dict[str, Any] | None = None
+    # Bounds each execution's tokens and cost unless the execute call sets its own:
+    # {maxTotalTokens?, maxCostUsd?, onExceed: "fail" | "pause"}.
+    budget: dict[str, Any] | None = None
 
     def node(self, node_id: str) -> Node:
         """The node with this id (KeyError when absent)."""
@@ -113,6 +116,7 @@ class Definition:
             and self.edges == other.edges
             and self.input_schema == other.input_schema
             and self.output_schema == other.output_schema
+            and self.budget == other.budget
         )
 
     def with_node(self, node: Node) -> Definition:

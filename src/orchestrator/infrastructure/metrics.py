@@ -165,6 +165,13 @@ class Metrics:
             "Execution events that could not be handed to Socket.IO (clients catch up)",
             registry=r,
         )
+        self.progress_reports = Counter(
+            "orchestrator_progress_reports_total",
+            "Agent progress reports (token updates, thinking steps) by outcome: relayed to "
+            "clients, or dropped (their node was not running: late, duplicate, unknown)",
+            ["outcome"],
+            registry=r,
+        )
         self.http_duration = Histogram(
             "orchestrator_http_request_duration_seconds",
             "REST request latency by route template",

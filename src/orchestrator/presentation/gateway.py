@@ -11,6 +11,9 @@ client's callback receives):
   the state, not new events), as the platform's service does. A connection already following
   the execution (the platform's frontend sends both `join` and `subscribe`) gets the answer and
   the acknowledgement only: one snapshot, one replay.
+  With `{executionId, afterSeq: N}`, the stored events after N are sent instead of the snapshot
+  (each once, in order; a snapshot still comes if they were compacted away), then the live ones:
+  how a client that reconnects, to this replica or another, continues without a gap.
 - `unsubscribe` (alias `leave`): leaves the room; answered with `unsubscribed` (`left`)
   `{executionId}` and `{ok: true, executionId}`.
 
@@ -79,6 +82,7 @@ MAX_ID_LENGTH = 200
 MAX_PENDING = 64  # messages of one connection waiting to be handled
 MAX_LOOKUPS = 8  # database reads of the gateway at once, over all connections
 MALFORMED = f"payload must be {{executionId: <string of 1 to {MAX_ID_LENGTH} characters, no NUL>}}"
+BAD_AFTER_SEQ = "afterSeq must be a whole number >= 0"
 
 
 @dataclass
@@ -154,12 +158,15 @@ class Gateway:
                 await self._uncount(client, sid, execution_id)
 
     def _handler(
-        self, message: str, answer: str, action: Callable[[str, str, str], Any]
+        self, message: str, answer: str, action: Callable[[str, str, str, int | None], Any]
     ) -> Callable[..., Any]:
         async def handler(sid: str, *args: Any) -> dict[str, Any]:
             execution_id = _execution_id(args)
             if execution_id is None:
                 return await self._refuse(sid, message, MALFORMED)
+            after_seq = _after_seq(args)
+            if after_seq is False:
+                return await self._refuse(sid, message, BAD_AFTER_SEQ, execution_id)
             client = self._clients.get(sid)
             if client is None:
                 return {"ok": False, "error": "not connected"}
@@ -172,7 +179,9 @@ class Gateway:
                 async with client.lock:
                     if sid not in self._clients:
                         return {"ok": False, "error": "not connected"}
-                    result: dict[str, Any] | str = await action(sid, execution_id, answer)
+                    result: dict[str, Any] | str = await action(
+                        sid, execution_id, answer, after_seq
+                    )
             finally:
                 client.pending -= 1
             if isinstance(result, str):
@@ -182,9 +191,16 @@ class Gateway:
         return handler
 
     async def _join(
-        self, sid: str, execution_id: str, answer: str, *, replay_nodes: bool
+        self,
+        sid: str,
+        execution_id: str,
+        answer: str,
+        after_seq: int | None,
+        *,
+        replay_nodes: bool,
     ) -> dict[str, Any] | str:
-        """Follow the execution: snapshot first, then its events from the snapshot's seq on."""
+        """Follow the execution: snapshot first, then its events from the snapshot's seq on;
+        with `afterSeq`, its stored events after that one instead of the snapshot."""
         room = room_of(execution_id)
         followed = self._manager.followed(sid)
         if room in followed:
@@ -217,11 +233,19 @@ class Gateway:
                 log.exception("subscribe %s failed", execution_id)
             return "could not subscribe now; try again"
         await self._send(sid, answer, {"executionId": execution_id})
-        now = dt.datetime.now(dt.UTC)
-        await self._send(sid, "execution:update", snapshot(execution, now, names))
-        if replay_nodes:
-            for node in replay(execution, now, names):
-                await self._send(sid, "node:update", node)
+        if after_seq is not None:
+            # A client that comes back (to this replica or another) gets what it missed, each
+            # event once and in order, then the live ones.
+            delivery.last_seq = min(after_seq, execution.last_seq)
+            if delivery.last_seq < execution.last_seq:
+                await self._send_missed(sid, room, delivery, execution.last_seq + 1)
+        if after_seq is None or delivery.last_seq < execution.last_seq:
+            # No afterSeq, or the events are gone (compacted): the state as it stands.
+            now = dt.datetime.now(dt.UTC)
+            await self._send(sid, "execution:update", snapshot(execution, now, names))
+            if replay_nodes:
+                for node in replay(execution, now, names):
+                    await self._send(sid, "node:update", node)
         delivery.last_seq = max(delivery.last_seq, execution.last_seq)
         await self._release(sid, room, delivery)
         self._measure()
@@ -240,7 +264,9 @@ class Gateway:
             )
         return execution, {} if definition is None else definition.display_names()
 
-    async def _leave(self, sid: str, execution_id: str, answer: str) -> dict[str, Any] | str:
+    async def _leave(
+        self, sid: str, execution_id: str, answer: str, after_seq: int | None = None
+    ) -> dict[str, Any] | str:
         room = room_of(execution_id)
         self._manager.forget(sid, room)
         await self._sio.leave_room(sid, room, namespace=NAMESPACE)
@@ -336,6 +362,17 @@ class Gateway:
             sid, "error", {"event": message, "executionId": execution_id, "error": error}
         )
         return {"ok": False, "error": error}
+
+
+def _after_seq(args: tuple[Any, ...]) -> int | bool | None:
+    """The `afterSeq` of a message (None when it has none); False when it is malformed."""
+    data = args[0] if len(args) == 1 else None
+    if not isinstance(data, dict) or data.get("afterSeq") is None:
+        return None
+    value = data["afterSeq"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return False
+    return value
 
 
 def _execution_id(args: tuple[Any, ...]) -> str | None:

@@ -299,6 +299,9 @@ class AgentClient(_ServiceClient):
                     "workflowId": ctx.workflow_id,
                     "nodeId": ctx.node_id,
                     "userId": ctx.user_id,
+                    # Progress reports may send these back to name the node execution.
+                    "attempt": ctx.attempt,
+                    **({"loopIteration": list(ctx.iteration)} if ctx.iteration else {}),
                 },
             },
             ctx,
@@ -309,7 +312,20 @@ class AgentClient(_ServiceClient):
             raise InvocationError(f"{subject} failed: {_detail(error)}", retryable=False)
         if reply.get("status") == "FAILED":
             raise InvocationError(f"{subject} failed (status FAILED)", retryable=False)
-        return AgentAnswer(_parse_output(reply.get("output")), usage_of(reply.get("tokens")))
+        tokens = reply.get("tokens")
+        return AgentAnswer(_parse_output(reply.get("output")), usage_of(tokens), model_of(reply))
+
+
+MAX_MODEL_CHARS = 100
+
+
+def model_of(reply: dict[str, Any]) -> str | None:
+    """The model an agent's reply names: `tokens.model`, or `model` beside it."""
+    tokens = reply.get("tokens")
+    for value in (tokens.get("model") if isinstance(tokens, dict) else None, reply.get("model")):
+        if isinstance(value, str) and 0 < len(value) <= MAX_MODEL_CHARS:
+            return value
+    return None
 
 
 def usage_of(tokens: Any) -> dict[str, int] | None:

@@ -13,6 +13,7 @@ from orchestrator.domain.execution import (
     NodeStatus,
     WorkflowExecution,
 )
+from orchestrator.domain.usage import normalize
 from orchestrator.domain.workflow import Definition, Edge, Node, NodeType, Workflow, WorkflowStatus
 
 
@@ -45,6 +46,8 @@ def definition_to_json(definition: Definition) -> dict[str, Any]:
         stored["inputSchema"] = definition.input_schema
     if definition.output_schema is not None:
         stored["outputSchema"] = definition.output_schema
+    if definition.budget is not None:
+        stored["budget"] = definition.budget
     return stored
 
 
@@ -77,6 +80,7 @@ def definition_from_json(data: Mapping[str, Any]) -> Definition:
         version=int(data.get("version", 1)),
         input_schema=data.get("inputSchema"),
         output_schema=data.get("outputSchema"),
+        budget=data.get("budget"),
     )
 
 
@@ -95,15 +99,19 @@ def workflow_from_row(row: Any, definition: Definition) -> Workflow:
 
 
 def _attempts_to_json(attempts: list[Attempt]) -> list[dict[str, Any]]:
-    return [
-        {
-            "n": a.number,
-            "s": a.started_at.isoformat(),
-            "c": a.completed_at.isoformat() if a.completed_at else None,
-            "e": a.error,
-        }
-        for a in attempts
-    ]
+    return [_attempt_to_json(a) for a in attempts]
+
+
+def _attempt_to_json(attempt: Attempt) -> dict[str, Any]:
+    stored = {
+        "n": attempt.number,
+        "s": attempt.started_at.isoformat(),
+        "c": attempt.completed_at.isoformat() if attempt.completed_at else None,
+        "e": attempt.error,
+    }
+    if attempt.usage:
+        stored["u"] = attempt.usage
+    return stored
 
 
 def _attempts_from_json(data: Sequence[Mapping[str, Any]] | None) -> list[Attempt]:
@@ -113,6 +121,7 @@ def _attempts_from_json(data: Sequence[Mapping[str, Any]] | None) -> list[Attemp
             started_at=dt.datetime.fromisoformat(a["s"]),
             completed_at=dt.datetime.fromisoformat(a["c"]) if a["c"] else None,
             error=a["e"],
+            usage=normalize(a.get("u")),
         )
         for a in data or []
     ]
@@ -193,6 +202,8 @@ def execution_values(execution: WorkflowExecution) -> dict[str, Any]:
         "last_seq": execution.last_seq,
         "deadline_at": execution.deadline_at,
         "waiting_since": execution.waiting_since,
+        "usage": execution.usage,
+        "budget": execution.budget,
     }
 
 
@@ -206,6 +217,8 @@ EXECUTION_VALUES = (
     "last_seq",
     "deadline_at",
     "waiting_since",
+    "usage",
+    "budget",
 )
 """The execution columns a step writes."""
 
@@ -224,6 +237,8 @@ def execution_row(execution: WorkflowExecution) -> dict[str, Any]:
         "parent_node_id": execution.parent_node_id,
         "depth": execution.depth,
         "trace_parent": execution.trace_parent,
+        "trigger": execution.trigger,
+        "keep": execution.keep,
         "wake_at": None,
         "created_at": execution.created_at,
         "updated_at": execution.updated_at,
@@ -261,4 +276,8 @@ def execution_from_rows(row: Any, node_rows: Sequence[Any]) -> WorkflowExecution
         depth=row.depth,
         waiting_since=row.waiting_since,
         trace_parent=row.trace_parent,
+        trigger=row.trigger,
+        keep=row.keep,
+        usage=row.usage,
+        budget=row.budget,
     )

@@ -29,6 +29,8 @@ from orchestrator.domain.engine import (
     Happening,
     Limits,
     NodeStart,
+    Progressed,
+    ProgressReport,
     Step,
     Stopped,
     advance,
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 
 # A child's end wakes its parent at once; this recheck covers a crash between the two.
 CHILD_RECHECK = dt.timedelta(minutes=5)
+# Progress reports held for one flush at most (token updates of a node count once: the last).
+MAX_BUFFERED_REPORTS = 1000
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class DriverConfig:
     limits: Limits = field(default_factory=Limits)
     outage_patience_s: float = 60.0
     metrics: Metrics | None = None
+    # Progress reports of one execution are stepped (stored, sent) together this often.
+    progress_flush_s: float = 0.1
 
 
 class Driver:
@@ -93,6 +99,9 @@ class Driver:
         # error nobody read would be reported as "never retrieved".
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
+        self._reports: list[ProgressReport] = []
+        self._flushing = False  # a flush of the reports is due
+        self._stopped = False  # run() has returned or is returning: nothing new starts
 
     @property
     def execution_id(self) -> str:
@@ -107,6 +116,39 @@ class Driver:
     def execution(self) -> WorkflowExecution:
         """The execution as this driver last stepped it."""
         return self._execution
+
+    def progress(self, report: ProgressReport) -> None:
+        """Take an agent's progress report: it is stepped with the others of the next flush.
+
+        A node's token counts are cumulative within an attempt, so a newer one replaces the
+        one still waiting here; thinking steps are all kept (up to MAX_BUFFERED_REPORTS).
+        """
+        if self._draining or self._stopped or self._execution.finished:
+            self._dropped(1)
+            return
+        if report.kind == "tokens":
+            for i, held in enumerate(self._reports):
+                if held.kind == "tokens" and _same_node(held, report):
+                    del self._reports[i]
+                    break
+        if len(self._reports) >= MAX_BUFFERED_REPORTS:
+            self._dropped(1)
+            return
+        self._reports.append(report)
+        if not self._flushing:
+            self._flushing = True
+            self._tasks.add(
+                asyncio.create_task(self._flush(), name=f"{self.execution_id}:progress")
+            )
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self._config.progress_flush_s)
+        reports, self._reports, self._flushing = tuple(self._reports), [], False
+        await self._apply(Progressed(reports))
+
+    def _dropped(self, count: int) -> None:
+        if self._config.metrics is not None:
+            self._config.metrics.progress_reports.labels("dropped").inc(count)
 
     def wake_at(self) -> dt.datetime | None:
         """When a parked execution must be claimed again: its first wait's timeout, and soon
@@ -140,6 +182,7 @@ class Driver:
             await self._end_after(exc)
             return Outcome.FINISHED
         finally:
+            self._stopped = True
             await self._stop_tasks()
 
     async def _drive(self) -> None:
@@ -196,23 +239,35 @@ class Driver:
 
     async def _step(self, happening: Happening) -> None:
         async with self._lock:
-            step = advance(
-                self._workflow, self._execution, happening, self._clock.now(), self._config.limits
-            )
-            if step.execution_changed:
-                await self._commit(step)
-            if not self._draining and not self._execution.finished:
-                for start in step.starts:
-                    self._tasks.add(
-                        asyncio.create_task(
-                            self._run_node(start), name=f"{self._execution.id}:{start.key}"
-                        )
-                    )
-        if self._execution.finished:
+            if self._reports and not isinstance(happening, Progressed):
+                # What an agent reported before its node's result comes first: once the node
+                # has ended, its reports would find it not running.
+                reports, self._reports = tuple(self._reports), []
+                await self._advance(Progressed(reports))
+            await self._advance(happening)
+        if self._execution.finished or self._execution.paused is not None:
+            # Its in-flight calls stop now: a finished execution needs none of them, and a
+            # paused one runs them again once its budget is raised.
             current = asyncio.current_task()
             for task in self._tasks:
                 if task is not current:
                     task.cancel()
+
+    async def _advance(self, happening: Happening) -> None:
+        step = advance(
+            self._workflow, self._execution, happening, self._clock.now(), self._config.limits
+        )
+        if step.dropped:
+            self._dropped(step.dropped)
+        if step.execution_changed:
+            await self._commit(step)
+        if not self._draining and not self._execution.finished:
+            for start in step.starts:
+                self._tasks.add(
+                    asyncio.create_task(
+                        self._run_node(start), name=f"{self._execution.id}:{start.key}"
+                    )
+                )
 
     async def _run_node(self, start: NodeStart) -> None:
         node = self._execution.nodes[start.key]
@@ -289,3 +344,7 @@ class Driver:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+
+
+def _same_node(a: ProgressReport, b: ProgressReport) -> bool:
+    return (a.node_id, a.loop, a.attempt) == (b.node_id, b.loop, b.attempt)

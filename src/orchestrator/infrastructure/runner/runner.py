@@ -16,7 +16,7 @@ from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 
 from orchestrator.application.nodes import NodeWork
 from orchestrator.application.ports import Clock, EventPublisher
-from orchestrator.domain.engine import CompiledWorkflow, Limits
+from orchestrator.domain.engine import CompiledWorkflow, Limits, ProgressReport
 from orchestrator.domain.execution import WorkflowExecution
 from orchestrator.domain.workflow import Definition
 from orchestrator.infrastructure.metrics import Metrics
@@ -41,6 +41,7 @@ class RunnerConfig:
     execution_timeout_ms: int
     limits: Limits = field(default_factory=Limits)
     metrics: Metrics | None = None
+    progress_flush_s: float = 0.1
 
 
 def new_owner_id() -> str:
@@ -108,6 +109,15 @@ class Runner:
         entry = self._drivers.get(execution_id)
         if entry is not None:
             entry[2].cancel()
+
+    def progress(self, execution_id: str, report: ProgressReport) -> bool:
+        """Hand an agent's progress report to the driver of its execution; False when no
+        driver of this runner drives it."""
+        entry = self._drivers.get(execution_id)
+        if entry is None:
+            return False
+        entry[1].progress(report)
+        return True
 
     def woken(self, execution_id: str) -> None:
         """A waiting execution can go on: whoever drove it here stops, and it is claimed anew
@@ -207,6 +217,7 @@ class Runner:
                 self._config.execution_timeout_ms,
                 self._config.limits,
                 metrics=self._config.metrics,
+                progress_flush_s=self._config.progress_flush_s,
             ),
         )
         task = asyncio.create_task(

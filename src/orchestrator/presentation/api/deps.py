@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orchestrator.application.access import Caller
 from orchestrator.application.executions import ExecutionServices
 from orchestrator.application.ports import Clock, ExecutionDetail, Page, UnitOfWorkFactory
+from orchestrator.application.progress import ProgressSink
 from orchestrator.domain.errors import NotFound
 from orchestrator.domain.values import ValueLimits
 from orchestrator.infrastructure.health import DependencyHealth
@@ -47,6 +48,7 @@ class AppContext:
     authenticator: Authenticator
     health: DependencyHealth
     metrics: Metrics
+    progress: ProgressSink
     runner_running: bool = False
     fair_use: FairUse | None = None  # per-user limits (None: none)
 

@@ -63,6 +63,7 @@ UNAUTHENTICATED = (
     "(a missing userId, a bad, expired or forged token)"
 )
 FORBIDDEN = "The credentials do not allow it (say, userId is not the token's user)"
+INTERNAL_UNAUTHENTICATED = "INTERNAL_TOKEN is set and the request does not carry it"
 
 # Operations that name an entity elsewhere than in a path parameter.
 NOT_FOUND_WITHOUT_PATH_PARAMETER: dict[tuple[str, str], str] = {
@@ -110,6 +111,9 @@ CONFLICTS: dict[tuple[str, str], str] = {
     ),
     ("delete", "/workflows/{workflow_id}/edges/{edge_id}"): (
         "The workflow is ARCHIVED, or another request changed it meanwhile"
+    ),
+    ("post", "/workflows/executions/{execution_id}/budget"): (
+        "The execution is not paused by its budget"
     ),
 }
 
@@ -196,9 +200,11 @@ def _document_errors(method: str, path: str, operation: dict[str, Any]) -> None:
         responses["409"] = _error(CONFLICTS[method, path])
     if has_body:
         responses["413"] = _error(TOO_LARGE)
-    if path.startswith("/workflows"):  # every route but the health checks
+    if path.startswith("/workflows"):  # every route but the health checks and /internal
         responses["401"] = _error(UNAUTHENTICATED)
         responses["403"] = _error(FORBIDDEN)
+    if path.startswith("/internal/"):
+        responses["401"] = _error(INTERNAL_UNAUTHENTICATED)
     for code, response in responses.items():
         if code.startswith(("4", "5")) and "content" not in response:
             response["content"] = _error(response.get("description", ""))["content"]

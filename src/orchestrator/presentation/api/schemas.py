@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -29,6 +29,7 @@ from orchestrator.domain.execution import (
     NodeStatus,
     WorkflowExecution,
 )
+from orchestrator.domain.usage import summary
 from orchestrator.domain.workflow import Definition, Edge, Node, NodeType, Workflow, WorkflowStatus
 from orchestrator.presentation.api.readable import StoredObject, StoredPayload, StoredValue
 
@@ -178,6 +179,28 @@ class EdgeIn(WireModel):
         return Edge(self.id, self.source, self.target, self.condition, self.source_handle)
 
 
+class Budget(WireModel):
+    """How many tokens (or dollars, priced by MODEL_PRICES) one execution may use."""
+
+    max_total_tokens: StrictInt | None = Field(None, ge=1, description="Input plus output")
+    max_cost_usd: float | None = Field(None, gt=0, le=1_000_000)
+    on_exceed: Literal["fail", "pause"] = Field(
+        "fail",
+        description="fail: the execution FAILS naming the budget; pause: it waits until the "
+        "budget is raised (POST .../budget) or it is cancelled",
+    )
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Budget:
+        if self.max_total_tokens is None and self.max_cost_usd is None:
+            raise ValueError("set maxTotalTokens or maxCostUsd (or both)")
+        return self
+
+    def to_domain(self) -> dict[str, Any]:
+        """The stored form (camelCase, only what is set)."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
 class DefinitionIn(WireModel):
     """A definition as sent; `version` is assigned by the service and ignored here."""
 
@@ -186,6 +209,7 @@ class DefinitionIn(WireModel):
     version: StrictInt | None = None
     input_schema: StoredObject | None = None
     output_schema: StoredObject | None = None
+    budget: Budget | None = None
 
     def to_domain(self) -> Definition:
         """The domain definition."""
@@ -194,6 +218,7 @@ class DefinitionIn(WireModel):
             edges=tuple(e.to_domain() for e in self.edges),
             input_schema=self.input_schema,
             output_schema=self.output_schema,
+            budget=None if self.budget is None else self.budget.to_domain(),
         )
 
 
@@ -205,6 +230,7 @@ class DefinitionOut(WireModel):
     version: int
     input_schema: StoredObject | None = None
     output_schema: StoredObject | None = None
+    budget: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, definition: Definition) -> DefinitionOut:
@@ -224,6 +250,7 @@ class DefinitionOut(WireModel):
             version=definition.version,
             input_schema=definition.input_schema,
             output_schema=definition.output_schema,
+            budget=definition.budget,
         )
 
 
@@ -347,6 +374,7 @@ class ExecuteWorkflowIn(WireModel):
         None, description="Nested at most MAX_VALUE_DEPTH levels; at most MAX_NODE_OUTPUT_BYTES"
     )
     disabled_node_types: NodeTypeNames = Field(default_factory=list)
+    budget: Budget | None = Field(None, description="This execution's budget (else the workflow's)")
 
 
 class ExecuteIn(ExecuteWorkflowIn):
@@ -384,6 +412,9 @@ class AttemptOut(WireModel):
     started_at: dt.datetime
     completed_at: dt.datetime | None
     error: str | None
+    usage: dict[str, Any] | None = Field(
+        None, description="The tokens this attempt used: the totals and byModel"
+    )
 
     @classmethod
     def of(cls, attempt: Attempt) -> AttemptOut:
@@ -393,6 +424,7 @@ class AttemptOut(WireModel):
             started_at=attempt.started_at,
             completed_at=attempt.completed_at,
             error=attempt.error,
+            usage=summary(attempt.usage),
         )
 
 
@@ -411,8 +443,10 @@ class NodeState(WireModel):
         description="In a loop body: the iteration indices of the enclosing loops, outermost "
         "first (empty outside loops)",
     )
-    usage: dict[str, int] | None = Field(
-        None, description="The tokens an agent reported: inputTokens, outputTokens, totalTokens"
+    usage: dict[str, Any] | None = Field(
+        None,
+        description="The tokens its attempts used, each counted once: inputTokens, "
+        "outputTokens, totalTokens and byModel (a sub-workflow's: all its tokens)",
     )
     wait: dict[str, Any] | None = Field(
         None,
@@ -490,6 +524,20 @@ class ExecutionState(WireModel):
         None, description="A sub-workflow's execution: the execution that started it"
     )
     parent_node_id: str | None = Field(None, description="... and its SUBWORKFLOW node")
+    trigger: dict[str, Any] | None = Field(
+        None,
+        description="What started it when not a person: {type: schedule, scheduleId, "
+        "scheduledFor} or {type: webhook, webhookId}",
+    )
+    keep: bool = Field(False, description="Pinned: retention never deletes it")
+    usage: dict[str, Any] | None = Field(
+        None,
+        description="Tokens used, every attempt counted once: {inputTokens, outputTokens, "
+        "totalTokens, byModel: {model: {inputTokens, outputTokens, totalTokens}}}",
+    )
+    budget: dict[str, Any] | None = Field(
+        None, description="{maxTotalTokens?, maxCostUsd?, onExceed: fail | pause}"
+    )
     last_seq: int
     started_at: dt.datetime | None
     completed_at: dt.datetime | None
@@ -511,6 +559,10 @@ class ExecutionState(WireModel):
             "retry_of": execution.retry_of,
             "parent_execution_id": execution.parent_execution_id,
             "parent_node_id": execution.parent_node_id,
+            "trigger": execution.trigger,
+            "keep": execution.keep,
+            "usage": execution.usage,
+            "budget": execution.budget,
             "last_seq": execution.last_seq,
             "started_at": execution.started_at,
             "completed_at": execution.completed_at,
@@ -583,11 +635,12 @@ class HistoryItem(WireModel):
         duration = None
         if started is not None and completed is not None:
             duration = max(0, round((completed - started).total_seconds() * 1000))
-        reported = [n.usage for n in execution.nodes.values() if n.usage]
+        # Every attempt once, sub-workflows included (older executions: their nodes' reports).
+        used = execution.usage or _node_totals(execution)
 
         def total(name: str) -> int | None:
-            counts = [u[name] for u in reported if name in u]
-            return sum(counts) if counts else None
+            value = used.get(name) if used else None
+            return value if isinstance(value, int) else None
 
         states = ExecutionDetail(nodes=False, io=False)
         return cls(
@@ -604,6 +657,17 @@ class HistoryItem(WireModel):
             error=execution.error,
             created_at=execution.created_at,
         )
+
+
+def _node_totals(execution: WorkflowExecution) -> dict[str, int] | None:
+    reported = [n.usage for n in execution.nodes.values() if n.usage]
+    if not reported:
+        return None
+    return {
+        name: sum(u[name] for u in reported if isinstance(u.get(name), int))
+        for name in ("inputTokens", "outputTokens", "totalTokens")
+        if any(name in u for u in reported)
+    }
 
 
 class HistoryPage(WireModel):

@@ -1,4 +1,4 @@
-"""Execution routes: execute, list, get, cancel, resume, retry, events."""
+"""Execution routes: execute, list, get, cancel, resume, budget, retry, events."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from orchestrator.presentation.api.deps import (
 )
 from orchestrator.presentation.api.readable import ReadableRoute
 from orchestrator.presentation.api.schemas import (
+    Budget,
     EventList,
     EventOut,
     ExecuteIn,
@@ -119,6 +120,7 @@ async def _execute(
         body.disabled_node_types,
         # The request's span (traces on): the run's steps nest under it.
         tracing.current_traceparent() if tracing.enabled() else None,
+        budget=None if body.budget is None else body.budget.to_domain(),
     )
     return ExecutionOut.of(execution)
 
@@ -180,6 +182,16 @@ async def cancel_execution(
     """Cancel now; 409 when it already COMPLETED or FAILED."""
     await use.cancel_execution(context.executions, execution_id, caller)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/executions/{execution_id}/budget", response_model=ExecutionOut)
+async def raise_budget(
+    execution_id: ExecutionId, body: Budget, context: ContextDep, caller: CallerDep
+) -> ExecutionOut:
+    """Give an execution paused by its budget (onExceed "pause") a new budget: it goes on at
+    once if the new one allows, else stays paused. 409 unless it is paused."""
+    execution = await use.raise_budget(context.executions, execution_id, body.to_domain(), caller)
+    return ExecutionOut.of(execution)
 
 
 @router.post("/executions/{execution_id}/nodes/{node_id}/resume", response_model=ResumeOut)
