@@ -34,6 +34,7 @@ from orchestrator.infrastructure.progress import ProgressRelay
 from orchestrator.infrastructure.realtime.publisher import SocketIOPublisher, build_server
 from orchestrator.infrastructure.runner.runner import Runner, RunnerConfig, lease_of, new_owner_id
 from orchestrator.infrastructure.runner.store import RunnerStore
+from orchestrator.infrastructure.scheduler import Scheduler
 from orchestrator.infrastructure.tracing import enabled as tracing_enabled
 from orchestrator.presentation.api import errors, openapi
 from orchestrator.presentation.api.deps import AppContext
@@ -43,7 +44,15 @@ from orchestrator.presentation.api.middleware import (
     RequestMetrics,
     RequestSpan,
 )
-from orchestrator.presentation.api.routers import executions, health, internal, workflows
+from orchestrator.presentation.api.routers import (
+    executions,
+    health,
+    internal,
+    schedules,
+    templates,
+    webhooks,
+    workflows,
+)
 from orchestrator.presentation.api.routers import metrics as metrics_route
 from orchestrator.presentation.auth import Authenticator
 from orchestrator.presentation.fair_use import FairUse
@@ -79,6 +88,7 @@ class Runtime:
     bus: Bus
     signals: BusSignals
     progress: ProgressRelay
+    scheduler: Scheduler | None = None
 
     @classmethod
     async def start(
@@ -158,10 +168,25 @@ class Runtime:
             observer=metrics,
         )
         children.services = services
-        return cls(settings, engine, http, runner, evaluator, services, bus, signals, progress)
+        runtime = cls(settings, engine, http, runner, evaluator, services, bus, signals, progress)
+        if with_runner:
+            # Every process that runs executions also starts due ticks; the database makes
+            # each happen once across them.
+            runtime.scheduler = Scheduler(
+                engine,
+                services,
+                clock,
+                settings.schedule_poll_ms / 1000,
+                settings.schedule_catch_up_max,
+                metrics,
+            )
+            await runtime.scheduler.start()
+        return runtime
 
     async def stop(self) -> None:
-        """Drain the runner, then close connections."""
+        """Stop starting ticks, drain the runner, then close connections."""
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self.runner is not None:
             await self.runner.stop(self.settings.shutdown_grace_seconds)
         await self.signals.settle()
@@ -231,7 +256,15 @@ def create_app(settings: Settings | None = None) -> Any:
     api.include_router(metrics_route.router)
     # For agent-service, not browsers: never under API_PREFIX.
     api.include_router(internal.router)
-    for router in (health.router, executions.router, workflows.router):
+    for router in (
+        health.router,
+        executions.router,
+        schedules.router,
+        webhooks.router,
+        webhooks.hooks,
+        templates.router,
+        workflows.router,
+    ):
         api.include_router(router)
         if settings.api_prefix:
             api.include_router(router, prefix=settings.api_prefix, include_in_schema=False)

@@ -172,6 +172,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.schedule_ticks = Counter(
+            "orchestrator_schedule_ticks_total",
+            "Schedule ticks fired, by outcome: started, or refused (the workflow could not run)",
+            ["outcome"],
+            registry=r,
+        )
         self.http_duration = Histogram(
             "orchestrator_http_request_duration_seconds",
             "REST request latency by route template",

@@ -68,6 +68,7 @@ INTERNAL_UNAUTHENTICATED = "INTERNAL_TOKEN is set and the request does not carry
 # Operations that name an entity elsewhere than in a path parameter.
 NOT_FOUND_WITHOUT_PATH_PARAMETER: dict[tuple[str, str], str] = {
     ("post", "/workflows/execute"): "workflow",
+    ("post", "/workflows/from-template"): "template",
 }
 
 # The operations whose use case raises Conflict (mapped to 409 by errors.STATUS_OF), and why.
@@ -115,6 +116,10 @@ CONFLICTS: dict[tuple[str, str], str] = {
     ("post", "/workflows/executions/{execution_id}/budget"): (
         "The execution is not paused by its budget"
     ),
+    ("post", "/workflows/{workflow_id}/webhooks"): (
+        "The workflow is ARCHIVED, or has 100 webhooks already"
+    ),
+    ("delete", "/templates/{template_id}"): "A built-in template cannot be deleted",
 }
 
 # OpenAPI links: the answers that name a new workflow or execution (by `id`, owned by
@@ -125,6 +130,7 @@ PRODUCERS: dict[tuple[str, str], tuple[str, str]] = {
     ("post", "/workflows/execute"): ("202", "execution_id"),
     ("post", "/workflows/{workflow_id}/execute"): ("202", "execution_id"),
     ("post", "/workflows/executions/{execution_id}/retry"): ("202", "execution_id"),
+    ("post", "/workflows/from-template"): ("201", "workflow_id"),
 }
 
 
@@ -200,7 +206,7 @@ def _document_errors(method: str, path: str, operation: dict[str, Any]) -> None:
         responses["409"] = _error(CONFLICTS[method, path])
     if has_body:
         responses["413"] = _error(TOO_LARGE)
-    if path.startswith("/workflows"):  # every route but the health checks and /internal
+    if path.startswith(("/workflows", "/schedules", "/templates")):
         responses["401"] = _error(UNAUTHENTICATED)
         responses["403"] = _error(FORBIDDEN)
     if path.startswith("/internal/"):
@@ -217,6 +223,10 @@ def _entity(path_parameters: list[str]) -> str:
         "execution_id": "execution",
         "node_id": "node",
         "edge_id": "edge",
+        "schedule_id": "schedule",
+        "webhook_id": "webhook",
+        "template_id": "template",
+        "token": "webhook",
     }
     return " or ".join(names.get(p, p) for p in path_parameters)
 
