@@ -32,6 +32,7 @@ from orchestrator.infrastructure.health import DependencyHealth
 from orchestrator.infrastructure.metrics import Metrics
 from orchestrator.infrastructure.progress import ProgressRelay
 from orchestrator.infrastructure.realtime.publisher import SocketIOPublisher, build_server
+from orchestrator.infrastructure.retention import Retention
 from orchestrator.infrastructure.runner.runner import Runner, RunnerConfig, lease_of, new_owner_id
 from orchestrator.infrastructure.runner.store import RunnerStore
 from orchestrator.infrastructure.scheduler import Scheduler
@@ -48,8 +49,10 @@ from orchestrator.presentation.api.routers import (
     executions,
     health,
     internal,
+    retention,
     schedules,
     templates,
+    usage,
     webhooks,
     workflows,
 )
@@ -89,6 +92,7 @@ class Runtime:
     signals: BusSignals
     progress: ProgressRelay
     scheduler: Scheduler | None = None
+    retention: Retention | None = None
 
     @classmethod
     async def start(
@@ -170,8 +174,8 @@ class Runtime:
         children.services = services
         runtime = cls(settings, engine, http, runner, evaluator, services, bus, signals, progress)
         if with_runner:
-            # Every process that runs executions also starts due ticks; the database makes
-            # each happen once across them.
+            # Every process that runs executions also starts due ticks and sweeps old ones;
+            # the database makes each happen once across them.
             runtime.scheduler = Scheduler(
                 engine,
                 services,
@@ -180,13 +184,25 @@ class Runtime:
                 settings.schedule_catch_up_max,
                 metrics,
             )
+            runtime.retention = Retention(
+                engine,
+                clock,
+                settings.execution_retention_days,
+                settings.event_retention_hours,
+                settings.retention_interval_seconds,
+                settings.retention_batch_size,
+                metrics,
+            )
             await runtime.scheduler.start()
+            await runtime.retention.start()
         return runtime
 
     async def stop(self) -> None:
-        """Stop starting ticks, drain the runner, then close connections."""
+        """Stop starting ticks and sweeping, drain the runner, then close connections."""
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.retention is not None:
+            await self.retention.stop()
         if self.runner is not None:
             await self.runner.stop(self.settings.shutdown_grace_seconds)
         await self.signals.settle()
@@ -263,6 +279,8 @@ def create_app(settings: Settings | None = None) -> Any:
         webhooks.router,
         webhooks.hooks,
         templates.router,
+        retention.router,
+        usage.router,
         workflows.router,
     ):
         api.include_router(router)

@@ -55,6 +55,8 @@ SEMANTIC_400 = [
     ("DELETE", "/workflows/{workflow_id}/edges/{edge_id}"),
     ("POST", "/workflows/execute"),
     ("POST", "/workflows/{workflow_id}/execute"),
+    # A range the schema cannot bound (to <= from, over 366 days).
+    ("GET", "/usage"),
     # A text body with \u0000, behind a valid token.
     ("POST", "/hooks/{token}"),
     # Parameters a template does not declare, or values that make it invalid.

@@ -178,6 +178,21 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.retention_deleted = Counter(
+            "orchestrator_retention_deleted_total",
+            "Executions deleted by retention, with their node executions and events",
+            registry=r,
+        )
+        self.retention_compacted = Counter(
+            "orchestrator_retention_compacted_total",
+            "Executions whose events retention compacted",
+            registry=r,
+        )
+        self.retention_failures = Counter(
+            "orchestrator_retention_failures_total",
+            "Retention sweeps that failed (tried again at the next interval)",
+            registry=r,
+        )
         self.http_duration = Histogram(
             "orchestrator_http_request_duration_seconds",
             "REST request latency by route template",

@@ -206,7 +206,7 @@ def _document_errors(method: str, path: str, operation: dict[str, Any]) -> None:
         responses["409"] = _error(CONFLICTS[method, path])
     if has_body:
         responses["413"] = _error(TOO_LARGE)
-    if path.startswith(("/workflows", "/schedules", "/templates")):
+    if path.startswith(("/workflows", "/schedules", "/templates", "/usage")):
         responses["401"] = _error(UNAUTHENTICATED)
         responses["403"] = _error(FORBIDDEN)
     if path.startswith("/internal/"):
