@@ -14,9 +14,9 @@ A's clients), while one Socket.IO client per execution follows it through A.
    updates of a node are coalesced per flush, so fewer than the reports; thinking steps are
    all relayed).
 2. `--executions` (100) executions streaming at once, each sent a thinking step every
-   `--interval-ms` (250: 400 reports/s in all); each step carries its send time, and the client's receipt time minus it is
-   the report-to-client latency (same machine, same clock). p50 / p99, and completeness: every
-   step received once, in order.
+   `--interval-ms` (250: 400 reports/s in all); each step carries its send time, and the
+   client's receipt time minus it is the report-to-client latency (same machine, same clock).
+   p50 / p99, and completeness: every step received once, in order.
 """
 
 from __future__ import annotations
