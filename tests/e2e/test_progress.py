@@ -46,7 +46,7 @@ def streaming(**config: Any) -> dict[str, Any]:
     arrive just after the agent's reply, and is still relayed while the execution goes on."""
     return chain(
         node("agent", "AGENT", agentId="streaming", **config),
-        node("after", "AGENT", agentId="slow", inputMapping={"delayMs": 300}),
+        node("after", "AGENT", agentId="slow", inputMapping={"delayMs": 1000}),
     )
 
 
@@ -166,7 +166,7 @@ async def test_a_late_subscriber_replays_every_report_once(
 async def test_retried_attempts_are_marked_and_their_tokens_counted_exactly_once(
     pg_url: str, standin: str, redis_url: str
 ) -> None:
-    with replicas(pg_url, standin, redis_url) as (a, _b):
+    with replicas(pg_url, standin, redis_url) as (a, b):
         async with (
             httpx.AsyncClient(base_url=base_url(a), timeout=30) as api,
             live(base_url(a)) as client,
@@ -182,7 +182,8 @@ async def test_retried_attempts_are_marked_and_their_tokens_counted_exactly_once
                 "intervalMs": 20,
                 "failTimes": 2,
                 "model": "m-test",
-                "progressUrl": base_url(a),
+                # To B, which runs them: each attempt's last report is in before its reply.
+                "progressUrl": base_url(b),
             }
             execution_id = (await execute(api, workflow_id, data))["id"]
             await client.subscribe(execution_id)
@@ -220,7 +221,7 @@ async def test_retried_attempts_are_marked_and_their_tokens_counted_exactly_once
 async def test_a_budget_stops_the_run_at_the_node_that_passes_it_and_closes_its_call(
     pg_url: str, standin: str, redis_url: str
 ) -> None:
-    with replicas(pg_url, standin, redis_url) as (a, _b):
+    with replicas(pg_url, standin, redis_url) as (a, b):
         async with httpx.AsyncClient(base_url=base_url(a), timeout=30) as api:
             definition = chain(
                 node("first", "AGENT", agentId="streaming"),
@@ -230,7 +231,9 @@ async def test_a_budget_stops_the_run_at_the_node_that_passes_it_and_closes_its_
             definition["budget"] = {"maxTotalTokens": 60, "onExceed": "fail"}
             workflow_id = await create_active(api, definition)
             # first: 10 + 3 * 7 = 31 tokens; second passes 60 at its 3rd report (31 + 10 + 21).
-            data = {"reports": 3, "intervalMs": 30, "progressUrl": base_url(a)}
+            # Posted to B, which runs them: a report is in before its agent's reply (one
+            # forwarded from A might arrive after it, and then the node would have completed).
+            data = {"reports": 3, "intervalMs": 30, "progressUrl": base_url(b)}
             execution_id = (await execute(api, workflow_id, data))["id"]
             done = await wait_until(api, execution_id)
             states = {n["nodeId"]: n["status"] for n in done["nodeExecutions"]}
