@@ -19,10 +19,11 @@ from typing import Any, Protocol
 from orchestrator.application.access import Caller
 from orchestrator.application.executions import ExecutionServices, execute_workflow
 from orchestrator.application.ports import Clock, Page, UnitOfWorkFactory
+from orchestrator.application.workflows import get_workflow
 from orchestrator.domain.errors import Conflict, DomainError, NotFound, Problem, ValidationFailed
 from orchestrator.domain.schedules import CatchUp, Cron, NoTick, Schedule, iso, plan
 from orchestrator.domain.values import ValueLimits
-from orchestrator.domain.workflow import Workflow, WorkflowStatus
+from orchestrator.domain.workflow import WorkflowStatus
 
 # Fields a PATCH may not set to null (only `input` may be null).
 REQUIRED_FIELDS = ("cron", "timezone", "enabled", "catch_up")
@@ -85,15 +86,6 @@ class ScheduleSpec:
     sent: frozenset[str] = field(default_factory=frozenset)
 
 
-async def _workflow(services: ScheduleServices, workflow_id: str, caller: Caller) -> Workflow:
-    """The workflow, if the caller may see it (NotFound otherwise)."""
-    async with services.workflows() as uow:
-        workflow = await uow.workflows.get(workflow_id)
-    if workflow is None or not caller.may_read(workflow.user_id):
-        raise NotFound("Workflow", workflow_id)
-    return workflow
-
-
 def _check(services: ScheduleServices, spec: ScheduleSpec) -> None:
     """Nulls where a value is required, and an input over the value bounds, are refused."""
     nulls = [name for name in REQUIRED_FIELDS if name in spec.sent and getattr(spec, name) is None]
@@ -114,7 +106,7 @@ async def create_schedule(
         raise ValidationFailed("cron: required", [Problem("cron", "required")])
     now = services.clock.now()
     cron = Cron.parse(spec.cron, spec.timezone, now)
-    workflow = await _workflow(services, workflow_id, caller)
+    workflow = await get_workflow(services.workflows, workflow_id, caller)
     if not caller.may_change(workflow.user_id):
         raise NotFound("Workflow", workflow_id)
     if workflow.status == WorkflowStatus.ARCHIVED:
@@ -148,7 +140,7 @@ async def list_schedules(
 ) -> tuple[list[Schedule], int]:
     """One page of the caller's schedules (of one workflow, or of all), oldest first."""
     if workflow_id is not None:
-        await _workflow(services, workflow_id, caller)
+        await get_workflow(services.workflows, workflow_id, caller)
     async with services.store() as schedules:
         return await schedules.list_page(page, workflow_id, caller.only)
 

@@ -27,10 +27,11 @@ import orjson
 from orchestrator.application.access import Caller
 from orchestrator.application.executions import ExecutionServices, execute_workflow
 from orchestrator.application.ports import Clock, UnitOfWorkFactory
+from orchestrator.application.workflows import get_workflow
 from orchestrator.domain.errors import Conflict, DomainError, NotFound, Problem, ValidationFailed
 from orchestrator.domain.execution import WorkflowExecution
 from orchestrator.domain.values import ValueLimits
-from orchestrator.domain.workflow import NotExecutable, Workflow, WorkflowStatus
+from orchestrator.domain.workflow import NotExecutable, WorkflowStatus
 
 SIGNATURE_TOLERANCE_S = 300
 MAX_WEBHOOKS_PER_WORKFLOW = 100
@@ -180,15 +181,6 @@ def new_secret() -> str:
     return secrets.token_hex(32)
 
 
-async def _workflow(services: WebhookServices, workflow_id: str, caller: Caller) -> Workflow:
-    """The workflow, if the caller may see it."""
-    async with services.uow_factory() as uow:
-        workflow = await uow.workflows.get(workflow_id)
-    if workflow is None or not caller.may_read(workflow.user_id):
-        raise NotFound("Workflow", workflow_id)
-    return workflow
-
-
 async def create_webhook(
     services: WebhookServices,
     workflow_id: str,
@@ -198,7 +190,7 @@ async def create_webhook(
     enabled: bool,
 ) -> Issued:
     """A new webhook of a workflow the caller may change (not an ARCHIVED one)."""
-    workflow = await _workflow(services, workflow_id, caller)
+    workflow = await get_workflow(services.uow_factory, workflow_id, caller)
     if not caller.may_change(workflow.user_id):
         raise NotFound("Workflow", workflow_id)
     if workflow.status == WorkflowStatus.ARCHIVED:
@@ -232,7 +224,7 @@ async def list_webhooks(
     services: WebhookServices, workflow_id: str, caller: Caller
 ) -> list[Webhook]:
     """The webhooks of a workflow the caller may see, that the caller may see."""
-    await _workflow(services, workflow_id, caller)
+    await get_workflow(services.uow_factory, workflow_id, caller)
     async with services.store() as repository:
         return await repository.of_workflow(workflow_id, caller.only)
 
